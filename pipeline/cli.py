@@ -1,0 +1,172 @@
+"""`pipeline run | validate | stages`: a thin shell over the library. main(argv) -> exit code."""
+import argparse
+import json
+import logging
+import sys
+import time
+import traceback
+
+from . import __version__
+from .errors import ConfigError, PipelineError, UsageError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+log = logging.getLogger("pipeline")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="pipeline", description="Align Cupix point clouds and write open formats.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = commands.add_parser("run", help="run a pipeline config")
+    run.add_argument("config", help="the YAML config file")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="TAG.OPTION=VALUE",
+                     help="override an option of the stage with that tag (VALUE is read as YAML)")
+    run.add_argument("--jobs", type=int, default=1, metavar="N", help="items processed in parallel (0: one per core)")
+    run.add_argument("--report", metavar="FILE", help="write the JSON run report to FILE ('-' for stdout)")
+    run.add_argument("--dry-run", action="store_true", help="list the items and the files they would give, then stop")
+    noise = run.add_mutually_exclusive_group()
+    noise.add_argument("-q", "--quiet", action="store_true", help="no progress, only warnings and errors")
+    noise.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    run.add_argument("--debug", action="store_true", help="show tracebacks")
+
+    validate = commands.add_parser("validate", help="check a config without reading any data")
+    validate.add_argument("config")
+    validate.add_argument("--json", action="store_true", help='print {"valid", "errors", "stages"}')
+    validate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    stages = commands.add_parser("stages", help="list the available stages and their options")
+    stages.add_argument("--json", action="store_true")
+    stages.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit:
+        return int(exit.code or 0)
+    configure_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("interrupted: no output was kept", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except UsageError as error:
+        print(f"pipeline: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return EXIT_ERROR
+    except PipelineError as error:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as error:  # a bug: still one line unless --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+def configure_logging(quiet, verbose):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.addLevelName(logging.WARNING, "warning")
+    logging.addLevelName(logging.INFO, "info")
+    logging.addLevelName(logging.DEBUG, "debug")
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+
+
+def load_registry():
+    from .registry import Registry
+
+    return Registry.from_entry_points()
+
+
+def command_run(args):
+    from . import config as config_module
+    from . import report
+    from .progress import ConsoleProgress, Progress
+    from .runner import Runner, cpu_count
+
+    registry = load_registry()
+    config = config_module.load(args.config, registry, overrides=args.overrides)
+    if args.jobs < 0:
+        raise UsageError(f"--jobs {args.jobs}: expected 0 (one per core) or more")
+    jobs = args.jobs or cpu_count()
+    progress = Progress() if args.quiet or args.dry_run else ConsoleProgress(sys.stderr, sys.stderr.isatty())
+    runner = Runner(config, registry, jobs=jobs, progress=progress)
+    started_at, started = report.now(), time.perf_counter()
+    plan = runner.plan()
+    if args.dry_run:
+        print_plan(plan)
+        return EXIT_OK
+    results = runner.run(plan)
+    run_report = report.build(config, results, started_at, time.perf_counter() - started, jobs)
+    if args.report:
+        report.write_to(sys.stdout if args.report == "-" else args.report, report.dumps(run_report))
+    if not args.quiet:
+        print(report.summary(run_report), file=sys.stderr)
+    return EXIT_OK
+
+
+def print_plan(plan):
+    print(f"{len(plan.items)} item(s)")
+    for item in plan.items:
+        count = f", {item.point_count:,} points" if item.point_count is not None else ""
+        print(f"[{item.index}] {item.name} (id {item.id}{count}) from {item.location}")
+        for sink_label, path in plan.targets[item.index]:
+            print(f"    -> {path}  ({sink_label})")
+
+
+def command_validate(args):
+    from . import config as config_module
+
+    registry = load_registry()
+    try:
+        config = config_module.load(args.config, registry)
+    except ConfigError as error:
+        if not args.json:
+            raise
+        print(json.dumps({"valid": False, "errors": error.problems, "stages": []}, indent=2))
+        return EXIT_ERROR
+    stages = [{"index": s.index, "type": s.type, "tag": s.tag, "line": s.line, "options": s.public_options()}
+              for s in config.stages]
+    if args.json:
+        print(json.dumps({"valid": True, "errors": [], "stages": stages}, indent=2, default=str))
+    else:
+        print(f"{args.config}: valid: " + " -> ".join(s.type + (f" ({s.tag})" if s.tag else "") for s in config.stages))
+    return EXIT_OK
+
+
+def describe_stages(registry):
+    described = []
+    for name in registry.names():
+        cls = registry.get(name)
+        options = [{"name": o.name, "type": o.kind.describe, "required": o.required,
+                    "default": None if o.required else o.default, "doc": o.doc} for o in cls.options]
+        described.append({"type": name, "doc": cls.summary(), "whole_cloud": cls.whole_cloud, "options": options})
+    return described
+
+
+def command_stages(args):
+    described = describe_stages(load_registry())
+    if args.json:
+        print(json.dumps(described, indent=2, default=str))
+        return EXIT_OK
+    for stage in described:
+        print(f"{stage['type']}: {stage['doc']}{' (holds a whole cloud in memory)' if stage['whole_cloud'] else ''}")
+        for option in stage["options"]:
+            default = "required" if option["required"] else f"default {json.dumps(option['default'], default=str)}"
+            print(f"    {option['name']} ({option['type']}; {default}): {option['doc']}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": command_run, "validate": command_validate, "stages": command_stages}

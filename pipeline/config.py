@@ -1,0 +1,332 @@
+"""YAML config -> validated, typed stage specs. The only module that imports yaml.
+
+Every problem names the file, the line, the stage and the option, as a breadcrumb:
+`demo.yaml:14: stages[1] (transform.matrix) > matrix: expected 16 numbers, got 15`.
+"""
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
+
+import yaml
+
+from .errors import ConfigError, OptionError, PipelineError, UsageError
+from .options import OptionContext, did_you_mean, shown, template_fields
+
+VERSION = 1
+TOP_LEVEL_KEYS = ("version", "stages")
+ORDER = {"source": 0, "transform": 1, "sink": 2}
+ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+TAG_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One validated stage of a config: its type, tag and converted option values."""
+
+    index: int
+    type: str
+    tag: Optional[str]
+    options: Mapping[str, Any]
+    line: Optional[int] = None
+    secrets: frozenset = frozenset()
+
+    @property
+    def kind(self):
+        return self.type.partition(".")[0]
+
+    @property
+    def label(self):
+        tag = f", tag {self.tag}" if self.tag else ""
+        return f"stages[{self.index}] ({self.type}{tag})"
+
+    def public_options(self):
+        """The options with secret values replaced, for reports and listings."""
+        return {name: ("***" if name in self.secrets else value) for name, value in self.options.items()}
+
+    def __reduce__(self):
+        return (StageSpec, (self.index, self.type, self.tag, dict(self.options), self.line, self.secrets))
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    sha256: str
+    stages: tuple = field(default_factory=tuple)
+
+    @property
+    def source(self):
+        return self.stages[0]
+
+    @property
+    def transforms(self):
+        return tuple(s for s in self.stages if s.kind == "transform")
+
+    @property
+    def sinks(self):
+        return tuple(s for s in self.stages if s.kind == "sink")
+
+
+@dataclass(frozen=True)
+class Override:
+    """`--set TAG.OPTION=VALUE`; the value is read as YAML, so numbers and lists keep their type."""
+
+    tag: str
+    option: str
+    value: Any
+    text: str
+
+    @staticmethod
+    def parse(text):
+        target, equals, raw = text.partition("=")
+        tag, dot, option = target.partition(".")
+        if not equals or not dot or not tag or not option:
+            raise UsageError(f"--set {text!r}: expected TAG.OPTION=VALUE")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        return Override(tag, option, value, text)
+
+
+class _Located:
+    """A python value built from YAML, with the line of every key and element kept beside it."""
+
+    def __init__(self, display, environ):
+        self.display = display
+        self.environ = environ
+        self.lines = {}
+        self.problems = []
+        self._constructor = yaml.SafeLoader("")
+
+    def build(self, node, where=()):
+        self.lines[where] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            result = {}
+            for key_node, value_node in node.value:
+                key = self.build(key_node, where + ("<key>",))
+                if not isinstance(key, (str, int, float, bool)) or key is None:
+                    self._problem(key_node, where, f"a key must be a plain name, got {shown(key)}")
+                    continue
+                result[key] = self.build(value_node, where + (key,))
+                self.lines[where + (key,)] = key_node.start_mark.line + 1
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(child, where + (i,)) for i, child in enumerate(node.value)]
+        value = self._constructor.construct_object(node, deep=True)
+        if isinstance(value, str) and "$" in value:
+            value = self._expand(node, value, where)
+        return value
+
+    def _expand(self, node, value, where):
+        def substitute(match):
+            if match.group(0) == "$$":
+                return "$"
+            name, default = match.group(1), match.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            self._problem(node, where, f"environment variable {name} is not set")
+            return ""
+
+        expanded = ENV_REFERENCE.sub(substitute, value)
+        if node.style is None:  # a plain scalar: `capture_id: ${ID}` gives a number, as if written inline
+            try:
+                typed = yaml.safe_load(expanded)
+            except yaml.YAMLError:
+                return expanded
+            if isinstance(typed, (int, float, bool)):
+                return typed
+        return expanded
+
+    def _problem(self, node, where, message):
+        crumbs = breadcrumb(where)
+        self.problems.append(f"{self.display}:{node.start_mark.line + 1}: {crumbs + ': ' if crumbs else ''}{message}")
+
+
+def breadcrumb(where):
+    text = ""
+    for part in where:
+        if part == "<key>":
+            continue
+        text += f"[{part}]" if isinstance(part, int) else (f" > {part}" if text else str(part))
+    return text
+
+
+def load(path, registry, overrides=(), environ=None, display=None) -> Config:
+    """Reads and validates a config file; raises ConfigError listing every problem found."""
+    path = Path(path)
+    display = display or str(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ConfigError([f"{display}: cannot read config: {error.strerror or error}"]) from error
+    try:
+        node = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{display}: not a UTF-8 text file ({error.reason})"]) from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError([f"{display}{line}: invalid YAML: {problem}"]) from error
+    located = _Located(display, os.environ if environ is None else environ)
+    document = located.build(node) if node is not None else None
+    validator = _Validator(display, path.resolve().parent, registry, located.lines, located.problems)
+    stages = validator.validate(document, [Override.parse(o) if isinstance(o, str) else o for o in overrides])
+    if validator.problems:
+        raise ConfigError(validator.problems)
+    return Config(path=path, sha256=hashlib.sha256(raw).hexdigest(), stages=tuple(stages))
+
+
+class _Validator:
+    def __init__(self, display, base_dir, registry, lines, problems):
+        self.display = display
+        self.context = OptionContext(base_dir=base_dir)
+        self.registry = registry
+        self.lines = lines
+        self.problems = problems
+
+    def problem(self, where, message, crumbs=None, line_of=None):
+        line = self.lines.get(line_of if line_of is not None else where)
+        location = f"{self.display}:{line}" if line else self.display
+        crumbs = breadcrumb(where) if crumbs is None else crumbs
+        self.problems.append(f"{location}: {crumbs + ': ' if crumbs else ''}{message}")
+
+    def validate(self, document, overrides):
+        if not isinstance(document, dict):
+            self.problem((), "expected a mapping with 'version' and 'stages'")
+            return []
+        for key in document:
+            if key not in TOP_LEVEL_KEYS:
+                self.problem((key,), f"unknown top-level key {key!r}{did_you_mean(str(key), TOP_LEVEL_KEYS)}",
+                             crumbs="")
+        if "version" not in document:
+            self.problem((), f"missing 'version: {VERSION}'")
+        elif document["version"] != VERSION:
+            self.problem(("version",), f"unsupported version {shown(document['version'])}; this tool reads version {VERSION}",
+                         crumbs="")
+        raw_stages = document.get("stages")
+        if not isinstance(raw_stages, list) or not raw_stages:
+            self.problem(("stages",) if "stages" in document else (), "expected a non-empty list of stages", crumbs="")
+            return []
+        self._apply_overrides(raw_stages, overrides)
+        stages = [spec for index, raw in enumerate(raw_stages)
+                  if (spec := self._stage(index, raw)) is not None]
+        if len(stages) == len(raw_stages):
+            self._check_order(stages)
+            self._check_templates(stages)
+        return stages
+
+    def _apply_overrides(self, raw_stages, overrides):
+        tags = {raw.get("tag"): raw for raw in raw_stages if isinstance(raw, dict) and raw.get("tag")}
+        for override in overrides:
+            if override.tag not in tags:
+                known = ", ".join(sorted(map(str, tags))) or "none: add `tag:` to a stage"
+                raise UsageError(f"--set {override.text}: no stage has tag {override.tag!r} (tags: {known})")
+            if override.option in ("type", "tag"):
+                raise UsageError(f"--set {override.text}: the stage's {override.option} cannot be set")
+            tags[override.tag][override.option] = override.value
+            tags[override.tag].setdefault("<set>", set()).add(override.option)
+
+    def _stage(self, index, raw):
+        where = ("stages", index)
+        if not isinstance(raw, dict):
+            self.problem(where, f"expected a mapping with 'type' and options, got {shown(raw)}")
+            return None
+        from_set = raw.pop("<set>", set())
+        stage_type = raw.get("type")
+        if not isinstance(stage_type, str):
+            self.problem(where, "missing 'type' (for example type: source.files)" if stage_type is None
+                         else f"type: expected a stage name, got {shown(stage_type)}")
+            return None
+        tag = raw.get("tag")
+        label = f"stages[{index}] ({stage_type}{f', tag {tag}' if isinstance(tag, str) else ''})"
+        if stage_type not in self.registry:
+            self.problem(where + ("type",), self.registry.unknown_message(stage_type), crumbs=label)
+            return None
+        try:
+            cls = self.registry.get(stage_type)
+        except PipelineError as error:
+            self.problem(where + ("type",), str(error), crumbs=label)
+            return None
+        if tag is not None and (not isinstance(tag, str) or not TAG_PATTERN.fullmatch(tag)):
+            self.problem(where + ("tag",), f"expected a tag of letters, digits, '_' or '-', got {shown(tag)}",
+                         crumbs=f"stages[{index}] ({stage_type})")
+            return None
+        declared = {option.name: option for option in cls.options}
+        converted = {}
+        before = len(self.problems)
+        for name, value in raw.items():
+            if name in ("type", "tag"):
+                continue
+            crumbs = f"{label} > {name}{' (from --set)' if name in from_set else ''}"
+            option = declared.get(name)
+            if option is None:
+                known = ", ".join(declared) or "none"
+                self.problem(where + (name,), f"unknown option{did_you_mean(str(name), declared)} (options: {known})",
+                             crumbs=crumbs)
+                continue
+            try:
+                converted[name] = option.kind(value, self.context)
+            except OptionError as error:
+                message = "invalid value (not shown: it is a secret)" if option.secret else str(error)
+                self.problem(where + (name,), message, crumbs=crumbs)
+        for option in cls.options:
+            if option.name not in raw:
+                if option.required:
+                    self.problem(where, f"missing required option {option.name!r} ({option.doc})", crumbs=label,
+                                 line_of=where)
+                else:
+                    converted[option.name] = option.default
+        if len(self.problems) == before:
+            try:
+                cls.check(converted)
+            except OptionError as error:
+                name = error.option
+                self.problem(where + ((name,) if name in raw else ()), str(error),
+                             crumbs=f"{label} > {name}" if name else label)
+        if len(self.problems) > before:
+            return None
+        secrets = frozenset(o.name for o in cls.options if o.secret)
+        return StageSpec(index, stage_type, tag, MappingProxyType(converted), self.lines.get(where), secrets)
+
+    def _check_order(self, stages):
+        tags = {}
+        for spec in stages:
+            if spec.tag:
+                if spec.tag in tags:
+                    self.problem(("stages", spec.index, "tag"), f"tag {spec.tag!r} is already used by stages[{tags[spec.tag]}]",
+                                 crumbs=spec.label)
+                tags.setdefault(spec.tag, spec.index)
+        kinds = [spec.kind for spec in stages]
+        if kinds[0] != "source":
+            self.problem(("stages", 0), f"the first stage must be a source, got {stages[0].type}", crumbs=stages[0].label)
+        for spec in stages[1:]:
+            if spec.kind == "source":
+                self.problem(("stages", spec.index), "only one source is allowed, and it comes first", crumbs=spec.label)
+        for previous, spec in zip(stages, stages[1:]):
+            if ORDER[spec.kind] < ORDER[previous.kind] and spec.kind != "source":
+                self.problem(("stages", spec.index), f"a {spec.kind} cannot follow a {previous.kind}: "
+                             "the order is source, transforms, sinks", crumbs=spec.label)
+        if "sink" not in kinds:
+            self.problem(("stages",), "no sink: add at least one (for example type: sink.las)", crumbs="")
+
+    def _check_templates(self, stages):
+        source_cls = self.registry.get(stages[0].type) if stages[0].kind == "source" else None
+        known = set(getattr(source_cls, "template_fields", ()))
+        for spec in stages:
+            cls = self.registry.get(spec.type)
+            for option in cls.options:
+                value = spec.options.get(option.name)
+                if not option.kind.is_template or not isinstance(value, str):
+                    continue
+                for unknown in sorted(template_fields(value) - known):
+                    self.problem(("stages", spec.index, option.name),
+                                 f"unknown template field {{{unknown}}}{did_you_mean(unknown, sorted(known))} "
+                                 f"(fields of {stages[0].type}: {' '.join('{' + f + '}' for f in sorted(known))})",
+                                 crumbs=f"{spec.label} > {option.name}")

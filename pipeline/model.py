@@ -1,0 +1,121 @@
+"""The records that flow between stages: items, what a point stream holds, and bounds. No I/O.
+
+A chunk is a numpy structured array: float64 `x`, `y`, `z` in real-world units, and every other
+attribute of the input under its LAS dimension name (`intensity`, `classification`, `red`, ...).
+"""
+import re
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+XYZ = ("x", "y", "z")
+
+
+def frozen(mapping):
+    return MappingProxyType(dict(mapping or {}))
+
+
+def safe_name(name):
+    """A name that is safe as one path component: no separators, no `..`, no control characters.
+
+    >>> safe_name("../../etc/passwd")
+    'etc_passwd'
+    >>> safe_name("scan 01.las")
+    'scan 01.las'
+    """
+    cleaned = re.sub(r"[\x00-\x1f\x7f/\\:]+", "_", str(name))
+    cleaned = re.sub(r"\.\.+", "_", cleaned).strip(" ._")
+    return cleaned or "unnamed"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One point cloud that a source yields, e.g. one input file or one Cupix sub."""
+
+    id: str
+    name: str
+    index: int
+    location: str  # a file path or a URL, for messages and the report
+    point_count: Optional[int] = None  # when cheaply known up front
+    fields: Mapping[str, str] = field(default_factory=dict)  # extra path-template fields
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "fields", frozen(self.fields))
+        object.__setattr__(self, "metadata", frozen(self.metadata))
+
+    def template_values(self):
+        """The values that sink path templates may use."""
+        values = {"name": safe_name(self.name), "id": safe_name(self.id), "index": str(self.index)}
+        values.update({key: safe_name(value) for key, value in self.fields.items()})
+        return values
+
+    def __reduce__(self):  # mapping proxies do not pickle; worker processes need items
+        return (Item, (self.id, self.name, self.index, self.location, self.point_count,
+                       dict(self.fields), dict(self.metadata)))
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Axis-aligned bounds of x, y, z."""
+
+    mins: tuple
+    maxs: tuple
+
+    @staticmethod
+    def of(chunk) -> "Optional[Bounds]":
+        if len(chunk) == 0:
+            return None
+        return Bounds(tuple(float(chunk[a].min()) for a in XYZ), tuple(float(chunk[a].max()) for a in XYZ))
+
+    def union(self, other: "Optional[Bounds]") -> "Bounds":
+        if other is None:
+            return self
+        return Bounds(tuple(map(min, self.mins, other.mins)), tuple(map(max, self.maxs, other.maxs)))
+
+    def corners(self):
+        return [(x, y, z) for x in (self.mins[0], self.maxs[0])
+                for y in (self.mins[1], self.maxs[1]) for z in (self.mins[2], self.maxs[2])]
+
+    def as_dict(self):
+        return {"min": list(self.mins), "max": list(self.maxs)}
+
+
+def union_bounds(a: Optional[Bounds], b: Optional[Bounds]) -> Optional[Bounds]:
+    return b if a is None else a.union(b)
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """What is known about an item's point stream before the first chunk.
+
+    `format_facts` is reader-specific detail that a sink of the same format uses to write the data back
+    without loss (for LAS: version, point format, scales, offsets, VLRs). `applied` lists what the
+    transforms did, in order (each a dict with at least `stage`, and `matrix` when points moved).
+    """
+
+    dtype: Any
+    source_format: str
+    point_count: Optional[int] = None
+    bounds: Optional[Bounds] = None
+    format_facts: Mapping[str, Any] = field(default_factory=dict)
+    applied: tuple = ()
+
+    @property
+    def moved(self):
+        """True once a transform has changed coordinates."""
+        return any("matrix" in step for step in self.applied)
+
+    def with_step(self, step: Mapping, **changes) -> "StreamInfo":
+        return replace(self, applied=self.applied + (dict(step),), **changes)
+
+
+@dataclass
+class PointStream:
+    """An opened item: what is known up front, and its chunks."""
+
+    info: StreamInfo
+    chunks: Iterator[Any]
+
+
+ChunkFunction = Callable[[Any], Any]

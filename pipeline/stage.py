@@ -1,0 +1,89 @@
+"""What a source, a transform and a sink must provide.
+
+A stage class declares its options; the config validates them before any I/O and the runner builds
+the stage with the converted values. Stages are built once per process and must keep no per-item
+state on `self`: per-item state lives in what `read`, `open` and `start` return.
+"""
+from pathlib import Path
+from typing import ClassVar, ContextManager, Iterable, Mapping
+
+from .model import ChunkFunction, Item, PointStream, StreamInfo
+from .options import Option, integer
+
+
+class Stage:
+    kind: ClassVar[str] = ""
+    options: ClassVar[tuple] = ()
+    # a stage that needs every point of an item at once says so; the runner then warns with the memory
+    whole_cloud: ClassVar[bool] = False
+
+    def __init__(self, options: Mapping, label: str = ""):
+        self.options = dict(options)
+        self.label = label or type(self).__name__
+
+    @classmethod
+    def check(cls, options: dict) -> None:
+        """Checks that involve several options; raise OptionError(message, option)."""
+
+    @classmethod
+    def summary(cls):
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+    @classmethod
+    def option(cls, name) -> Option:
+        return next(o for o in cls.options if o.name == name)
+
+
+class Source(Stage):
+    kind = "source"
+    options = (Option("chunk_size", integer(minimum=1), "points per chunk", default=1_000_000),)
+    template_fields: ClassVar[tuple] = ("name", "id", "index")
+
+    def items(self) -> list:
+        """The items this source will read, in order, without reading their points."""
+        raise NotImplementedError
+
+    def read(self, item: Item) -> ContextManager[PointStream]:
+        """Opens one item; the stream yields chunks of at most `chunk_size` points."""
+        raise NotImplementedError
+
+    def inputs(self, items: Iterable[Item]) -> list:
+        """Local files the source reads, so that no sink overwrites one."""
+        return []
+
+
+class Transform(Stage):
+    kind = "transform"
+
+    def start(self, item: Item, info: StreamInfo) -> "tuple[StreamInfo, ChunkFunction]":
+        """Prepares one item: returns the stream info after this stage and the chunk function.
+
+        The function returns a new chunk and never changes its argument in place.
+        """
+        raise NotImplementedError
+
+
+class Writer:
+    """What `Sink.open` returns: receives every chunk of one item, then `close` or `abort`."""
+
+    def write(self, chunk) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Completes the staged files (the runner renames them when the whole run succeeds)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Releases resources after a failure; the runner deletes the staged files."""
+
+
+class Sink(Stage):
+    kind = "sink"
+
+    def targets(self, item: Item) -> list:
+        """The final paths this sink would write for an item (by default, its `path` template filled in)."""
+        return [Path(self.options["path"].format(**item.template_values()))]
+
+    def open(self, item: Item, info: StreamInfo, staging) -> Writer:
+        """Starts writing one item; files are created through `staging.create(final_path)`."""
+        raise NotImplementedError

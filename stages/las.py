@@ -1,0 +1,339 @@
+"""LAS and LAZ: a streaming reader that checks the header before laspy sees it, and `sink.las`."""
+import copy
+import io
+import logging
+import math
+import os
+import struct
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import OptionError, SinkError, SourceError
+from pipeline.imports import require
+from pipeline.model import XYZ, PointStream, StreamInfo
+from pipeline.options import Option, template
+from pipeline.stage import Sink, Writer
+
+log = logging.getLogger(__name__)
+
+HEADER_MIN_SIZE = 227
+VLR_HEADER_SIZE = 54
+INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
+DEFAULT_SCALE = 0.001
+# the smallest legacy point format that holds these optional dimensions
+FORMAT_FOR = {(False, False): 0, (True, False): 1, (False, True): 2, (True, True): 3}
+COLOURS = ("red", "green", "blue")
+
+
+def laspy_module():
+    return require("laspy", "LAS/LAZ files")
+
+
+@dataclass
+class HeaderCheck:
+    """What the raw header says, what is wrong with it, and the bytes to patch so laspy reads it safely."""
+
+    version: str
+    point_format: int
+    compressed: bool
+    point_count: int
+    warnings: list = field(default_factory=list)
+    patches: dict = field(default_factory=dict)  # file offset -> replacement bytes
+
+
+def check_header(path) -> HeaderCheck:
+    """Reads the fixed header and walks the VLR headers, bounded by the point-data offset.
+
+    laspy trusts the VLR count; a file claiming a billion VLRs makes it hang, one claiming too many
+    makes it read point bytes as VLRs. Here the count is capped at what fits, with a warning.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(375)
+        if len(head) < HEADER_MIN_SIZE or head[:4] != b"LASF":
+            raise SourceError(f"{path}: not a LAS file (too short or no LASF signature)")
+        major, minor = head[24], head[25]
+        header_size, = struct.unpack_from("<H", head, 94)
+        offset, claimed_vlrs = struct.unpack_from("<II", head, 96)
+        format_byte, record_length, legacy_count = struct.unpack_from("<BHI", head, 104)
+        if major != 1 or minor > 4:
+            raise SourceError(f"{path}: unsupported LAS version {major}.{minor}")
+        if header_size < HEADER_MIN_SIZE or header_size > offset or offset > size:
+            raise SourceError(f"{path}: corrupt LAS header: header size {header_size}, point data at byte {offset}, "
+                              f"file size {size}")
+        result = HeaderCheck(f"{major}.{minor}", format_byte & 0x3F, bool(format_byte & 0xC0), legacy_count)
+        position, fitting = header_size, 0
+        while fitting < claimed_vlrs and position + VLR_HEADER_SIZE <= offset:
+            handle.seek(position + 20)
+            length, = struct.unpack("<H", handle.read(2))
+            if position + VLR_HEADER_SIZE + length > offset:
+                break
+            position += VLR_HEADER_SIZE + length
+            fitting += 1
+        if fitting < claimed_vlrs:
+            result.warnings.append(f"header claims {claimed_vlrs} VLRs but only {fitting} fit before the point data "
+                                   f"at byte {offset}; reading {fitting}")
+            result.patches[100] = struct.pack("<I", fitting)
+        count_field = 107
+        if minor >= 4 and header_size >= 375:
+            count_field = 247
+            result.point_count, = struct.unpack_from("<Q", head, 247)
+            first_evlr, = struct.unpack_from("<Q", head, 235)
+        else:
+            first_evlr = 0
+        if not result.compressed and record_length:
+            end = first_evlr if offset <= first_evlr <= size else size
+            available = (end - offset) // record_length
+            if result.point_count > available:
+                result.warnings.append(f"header claims {result.point_count} points but the file holds {available}; "
+                                       f"reading {available}")
+                result.patches[107] = struct.pack("<I", min(available, 2 ** 32 - 1))
+                if count_field == 247:
+                    result.patches[247] = struct.pack("<Q", available)
+                result.point_count = available
+        return result
+
+
+class PatchedFile(io.RawIOBase):
+    """A read-only file whose bytes at given offsets are replaced, so laspy reads a repaired header."""
+
+    def __init__(self, path, patches):
+        self._file = open(path, "rb")
+        self._patches = sorted(patches.items())
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        return self._file.seek(offset, whence)
+
+    def tell(self):
+        return self._file.tell()
+
+    def readinto(self, buffer):
+        start = self._file.tell()
+        count = self._file.readinto(buffer)
+        for offset, data in self._patches:
+            low, high = max(offset, start), min(offset + len(data), start + count)
+            if low < high:
+                buffer[low - start:high - start] = data[low - offset:high - offset]
+        return count
+
+    def close(self):
+        self._file.close()
+        super().close()
+
+
+def chunk_dtype(point_format):
+    """The chunk layout for a laspy point format: float64 x, y, z then every other dimension."""
+    fields = [(axis, "f8") for axis in XYZ]
+    for dimension in point_format.dimensions:
+        if dimension.name in ("X", "Y", "Z"):
+            continue
+        if dimension.kind.name == "BitField":
+            fields.append((dimension.name, "u1"))
+        elif dimension.scales is not None and np.any(np.asarray(dimension.scales) != 1) or \
+                dimension.offsets is not None and np.any(np.asarray(dimension.offsets) != 0):
+            shape = () if dimension.num_elements == 1 else (dimension.num_elements,)
+            fields.append((dimension.name, "f8", shape) if shape else (dimension.name, "f8"))
+        else:
+            fields.append((dimension.name, dimension.dtype))
+    return np.dtype(fields)
+
+
+def to_chunk(points, dtype):
+    chunk = np.empty(len(points), dtype)
+    chunk["x"], chunk["y"], chunk["z"] = points.x, points.y, points.z
+    for name in dtype.names[3:]:
+        chunk[name] = points[name]
+    return chunk
+
+
+@contextmanager
+def read_las(path, chunk_size):
+    """Opens a LAS/LAZ file as a point stream of chunks of at most `chunk_size` points."""
+    laspy = laspy_module()
+    checked = check_header(path)
+    for warning in checked.warnings:
+        log.warning("%s: %s", path, warning)
+    source = PatchedFile(path, checked.patches) if checked.patches else open(path, "rb")
+    try:
+        try:
+            reader = laspy.open(io.BufferedReader(source, 1 << 20) if checked.patches else source, closefd=False)
+        except Exception as error:
+            raise SourceError(f"{path}: cannot read LAS header: {error}") from error
+        with reader:
+            header = reader.header
+            dtype = chunk_dtype(header.point_format)
+            bounds = None
+            if header.point_count:
+                from pipeline.model import Bounds
+                bounds = Bounds(tuple(map(float, header.mins)), tuple(map(float, header.maxs)))
+            facts = {"las": {"header": header, "evlrs": list(reader.evlrs or []), "compressed": checked.compressed}}
+            info = StreamInfo(dtype=dtype, source_format="laz" if checked.compressed else "las",
+                              point_count=header.point_count, bounds=bounds, format_facts=facts)
+
+            def chunks():
+                remaining = header.point_count
+                try:
+                    for points in reader.chunk_iterator(chunk_size):
+                        remaining -= len(points)
+                        yield to_chunk(points, dtype)
+                except Exception as error:
+                    raise SourceError(f"{path}: cannot read points: {error}") from error
+                if remaining > 0:
+                    raise SourceError(f"{path}: file ends {remaining} points early")
+
+            yield PointStream(info, chunks())
+    finally:
+        source.close()
+
+
+def fit_values(values, target, name, where):
+    """`values` converted to a LAS dimension's type, refusing to change any value."""
+    target = np.dtype(target)
+    if values.dtype == target or np.can_cast(values.dtype, target, "safe"):
+        return values
+    if len(values) == 0:
+        return values.astype(target)
+    if target.kind in "iu":
+        info = np.iinfo(target)
+        low, high = values.min(), values.max()
+        integral = values.dtype.kind in "iub" or bool(np.all(np.floor(values) == values))
+        if integral and info.min <= low and high <= info.max:
+            return values.astype(target)
+        raise SinkError(f"{where}: field {name!r} ({values.dtype}) has values {low}..{high} that do not fit "
+                        f"the LAS dimension {name} ({target})")
+    return values.astype(target)
+
+
+def choose_offset(low, scale):
+    """An offset near the data: whole units below the minimum (a multiple of the scale)."""
+    unit = 1.0 if scale <= 1 else scale
+    return math.floor(low / unit) * unit
+
+
+class LasWriter(Writer):
+    def __init__(self, sink, item, info, temp, compress):
+        self.sink, self.item, self.info, self.temp, self.compress = sink, item, info, temp, compress
+        self.where = f"{sink.label}: {item.name}"
+        self.laspy = laspy_module()
+        self.header = self.make_header(info)
+        self.writer = None
+        self.offsets_fixed = self.header_offsets_known(info)
+
+    def make_header(self, info):
+        laspy = self.laspy
+        facts = info.format_facts.get("las")
+        names = set(info.dtype.names)
+        if facts:
+            header = copy.deepcopy(facts["header"])
+            header.vlrs = [v for v in header.vlrs if type(v).__name__ != "LasZipVlr"]
+        else:
+            point_format = FORMAT_FOR[("gps_time" in names, all(c in names for c in COLOURS))]
+            header = laspy.LasHeader(version="1.4", point_format=point_format)
+            header.scales = np.array([DEFAULT_SCALE] * 3)
+        header.partial_reset()
+        known = set(header.point_format.dimension_names) | set(XYZ)
+        extra = [name for name in info.dtype.names if name not in known]
+        if extra:
+            header.add_extra_dims([self.laspy.ExtraBytesParams(name=name, type=self.extra_type(info.dtype[name]))
+                                   for name in extra])
+        return header
+
+    def extra_type(self, dtype):
+        if dtype.subdtype:
+            base, shape = dtype.subdtype
+            return f"{int(np.prod(shape))}{base.str.lstrip('<>|=')}"
+        if dtype.kind not in "iuf":
+            raise SinkError(f"{self.where}: a field of type {dtype} cannot be stored in LAS")
+        return dtype
+
+    def header_offsets_known(self, info):
+        facts = info.format_facts.get("las")
+        if facts and not info.moved:
+            return True  # same coordinates, same integers: keep the input's offsets
+        if info.bounds is not None:
+            self.header.offsets = np.array([choose_offset(lo, s) for lo, s in zip(info.bounds.mins, self.header.scales)])
+            return True
+        return False
+
+    def open_writer(self, first_chunk=None):
+        if not self.offsets_fixed:
+            if first_chunk is not None and len(first_chunk):
+                self.header.offsets = np.array([choose_offset(float(first_chunk[a].min()), s)
+                                                for a, s in zip(XYZ, self.header.scales)])
+            else:
+                self.header.offsets = np.zeros(3)
+            self.offsets_fixed = True
+        backend = self.laspy.LazBackend.detect_available() if self.compress else None
+        try:
+            self.writer = self.laspy.open(str(self.temp), mode="w", header=self.header, do_compress=self.compress,
+                                          laz_backend=backend)
+        except Exception as error:
+            raise SinkError(f"{self.where}: cannot write {self.temp.name}: {error}") from error
+
+    def integers(self, chunk, axis, index):
+        scale, offset = self.header.scales[index], self.header.offsets[index]
+        values = np.round((chunk[axis] - offset) / scale)
+        if len(values) and (values.min() < INT32_MIN or values.max() > INT32_MAX or not np.isfinite(values).all()):
+            raise SinkError(f"{self.where}: {axis} values {chunk[axis].min()}..{chunk[axis].max()} do not fit LAS "
+                            f"32-bit integers with scale {scale:g} and offset {offset:g}")
+        return values.astype(np.int32)
+
+    def write(self, chunk):
+        if self.writer is None:
+            self.open_writer(chunk)
+        if not len(chunk):
+            return
+        record = self.laspy.ScaleAwarePointRecord.zeros(len(chunk), header=self.header)
+        record.X, record.Y, record.Z = (self.integers(chunk, a, i) for i, a in enumerate(XYZ))
+        formats = {d.name: d for d in self.header.point_format.dimensions}
+        for name in chunk.dtype.names[3:]:
+            dimension = formats[name]
+            values = chunk[name]
+            if dimension.is_standard and dimension.kind.name != "BitField":
+                values = fit_values(values, dimension.dtype, name, self.where)
+            elif dimension.kind.name == "BitField":
+                values = fit_values(values, np.uint8, name, self.where)
+                if len(values) and values.max() >= 1 << dimension.num_bits:
+                    raise SinkError(f"{self.where}: field {name!r} has value {values.max()} that does not fit "
+                                    f"its {dimension.num_bits} bits")
+            record[name] = values
+        self.writer.write_points(record)
+
+    def close(self):
+        if self.writer is None:
+            self.open_writer()
+        evlrs = self.info.format_facts.get("las", {}).get("evlrs")
+        if evlrs and self.header.version.minor >= 4:
+            self.writer.write_evlrs(evlrs)
+        self.writer.close()
+
+    def abort(self):
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # the file is deleted anyway
+                pass
+
+
+class LasSink(Sink):
+    """Writes LAS or LAZ (by the path's extension), keeping every attribute, VLR and the input's scale."""
+
+    options = (Option("path", template(), "output path template ending in .las or .laz, e.g. out/{name}.laz"),)
+
+    @classmethod
+    def check(cls, options):
+        if Path(options["path"]).suffix.lower() not in (".las", ".laz"):
+            raise OptionError("expected a path ending in .las or .laz", "path")
+
+    def open(self, item, info, staging):
+        final = self.targets(item)[0]
+        return LasWriter(self, item, info, staging.create(final), final.suffix.lower() == ".laz")

@@ -1,0 +1,277 @@
+"""PLY: a streaming reader for ascii and binary files (vertices only) and `sink.ply`."""
+import logging
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.errors import OptionError, SinkError, SourceError
+from pipeline.model import XYZ, PointStream, StreamInfo
+from pipeline.options import Option, boolean, template
+from pipeline.stage import Sink, Writer
+
+log = logging.getLogger(__name__)
+
+TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
+    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
+    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}
+PLY_NAME = {"i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort",
+            "i4": "int", "u4": "uint", "f4": "float", "f8": "double"}
+ALIASES = {"diffuse_red": "red", "diffuse_green": "green", "diffuse_blue": "blue"}
+FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
+MAX_HEADER = 1 << 20
+
+
+@dataclass
+class Element:
+    name: str
+    count: int
+    properties: list = field(default_factory=list)  # (name, numpy type) or (name, ("list", count type, item type))
+
+    @property
+    def has_lists(self):
+        return any(isinstance(kind, tuple) for _, kind in self.properties)
+
+
+@dataclass
+class PlyHeader:
+    format: str
+    elements: list
+    length: int  # bytes up to and including end_header's newline
+    comments: list
+
+    @property
+    def vertex(self):
+        return next((e for e in self.elements if e.name == "vertex"), None)
+
+
+def parse_header(path) -> PlyHeader:
+    with open(path, "rb") as handle:
+        data = handle.read(MAX_HEADER)
+    if not data.startswith(b"ply"):
+        raise SourceError(f"{path}: not a PLY file (no 'ply' signature)")
+    end = data.find(b"end_header")
+    if end < 0:
+        raise SourceError(f"{path}: PLY header has no end_header in its first {MAX_HEADER} bytes")
+    newline = data.find(b"\n", end)
+    length = (newline + 1) if newline >= 0 else len(data)
+    lines = data[:end].decode("ascii", errors="replace").splitlines()
+    file_format, elements, comments = None, [], []
+    for number, line in enumerate(lines[1:], start=2):
+        words = line.split()
+        if not words or words[0] in ("obj_info",):
+            continue
+        where = f"{path}: PLY header line {number}"
+        if words[0] == "comment":
+            comments.append(line.strip()[len("comment"):].strip())
+        elif words[0] == "format":
+            if len(words) < 2 or words[1] not in FORMATS:
+                raise SourceError(f"{where}: unknown format {' '.join(words[1:])!r}")
+            file_format = words[1]
+        elif words[0] == "element":
+            if len(words) != 3 or not words[2].isdigit():
+                raise SourceError(f"{where}: expected 'element NAME COUNT', got {line.strip()!r}")
+            elements.append(Element(words[1], int(words[2])))
+        elif words[0] == "property":
+            if not elements:
+                raise SourceError(f"{where}: property before any element")
+            if len(words) == 5 and words[1] == "list" and words[2] in TYPES and words[3] in TYPES:
+                elements[-1].properties.append((words[4], ("list", TYPES[words[2]], TYPES[words[3]])))
+            elif len(words) == 3 and words[1] in TYPES:
+                elements[-1].properties.append((words[2], TYPES[words[1]]))
+            else:
+                raise SourceError(f"{where}: unsupported property {line.strip()!r}")
+        else:
+            raise SourceError(f"{where}: unexpected {words[0]!r}")
+    if file_format is None:
+        raise SourceError(f"{path}: PLY header has no format line")
+    header = PlyHeader(file_format, elements, length, comments)
+    vertex = header.vertex
+    if vertex is None:
+        raise SourceError(f"{path}: PLY file has no vertex element")
+    names = [name for name, _ in vertex.properties]
+    missing = [axis for axis in XYZ if axis not in names]
+    if missing:
+        raise SourceError(f"{path}: PLY vertex element has no {', '.join(missing)} property")
+    if vertex.has_lists:
+        raise SourceError(f"{path}: PLY vertex element has list properties, which point clouds do not use")
+    return header
+
+
+def vertex_layout(header):
+    """The file's vertex record dtype and the chunk dtype (x, y, z as float64 first)."""
+    order = FORMATS[header.format] or "<"
+    properties = header.vertex.properties
+    file_dtype = np.dtype([(name, order + kind) for name, kind in properties])
+    renamed = {name: ALIASES.get(name, name) for name, _ in properties}
+    if len(set(renamed.values())) < len(renamed):
+        renamed = {name: name for name, _ in properties}
+    fields = [(axis, "f8") for axis in XYZ]
+    fields += [(renamed[name], "<" + kind if kind != "u1" and kind != "i1" else kind)
+               for name, kind in properties if name not in XYZ]
+    return file_dtype, np.dtype(fields), renamed
+
+
+def convert(records, chunk_dtype, renamed):
+    chunk = np.empty(len(records), chunk_dtype)
+    for name in records.dtype.names:
+        chunk[renamed[name]] = records[name]
+    return chunk
+
+
+def _vertex_offset(path, header):
+    offset = header.length
+    for element in header.elements:
+        if element.name == "vertex":
+            return offset
+        if element.has_lists:
+            raise SourceError(f"{path}: PLY element {element.name!r} with list properties comes before the vertices")
+        order = FORMATS[header.format]
+        offset += element.count * np.dtype([(n, order + k) for n, k in element.properties]).itemsize
+    raise AssertionError("vertex element checked by parse_header")
+
+
+def _binary_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size):
+    offset = _vertex_offset(path, header)
+    count = header.vertex.count
+    available = (os.path.getsize(path) - offset) // file_dtype.itemsize
+    if available < count:
+        raise SourceError(f"{path}: PLY header promises {count} vertices but the file holds {available}")
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        for start in range(0, count, chunk_size):
+            n = min(chunk_size, count - start)
+            records = np.fromfile(handle, dtype=file_dtype, count=n)
+            yield convert(records, chunk_dtype, renamed)
+
+
+def _ascii_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size):
+    with open(path, "rb") as handle:
+        handle.seek(header.length)
+        for element in header.elements:
+            if element.name == "vertex":
+                break
+            for _ in range(element.count):
+                handle.readline()
+        count, width = header.vertex.count, len(file_dtype.names)
+        line_number = None
+        for start in range(0, count, chunk_size):
+            n = min(chunk_size, count - start)
+            lines = [handle.readline() for _ in range(n)]
+            words = b" ".join(lines).split()
+            if len(words) != n * width:
+                for index, line in enumerate(lines):
+                    if len(line.split()) != width:
+                        line_number = start + index + 1
+                        break
+                raise SourceError(f"{path}: PLY vertex {line_number or n}: expected {width} values")
+            try:
+                table = np.array(words, dtype=np.float64).reshape(n, width)
+            except ValueError as error:
+                raise SourceError(f"{path}: PLY vertices {start + 1}..{start + n}: {error}") from error
+            records = np.empty(n, file_dtype)
+            for column, name in enumerate(file_dtype.names):
+                records[name] = table[:, column]
+            yield convert(records, chunk_dtype, renamed)
+
+
+@contextmanager
+def read_ply(path, chunk_size):
+    header = parse_header(path)
+    file_dtype, chunk_dtype, renamed = vertex_layout(header)
+    read = _ascii_chunks if header.format == "ascii" else _binary_chunks
+    info = StreamInfo(dtype=chunk_dtype, source_format="ply", point_count=header.vertex.count,
+                      format_facts={"ply": {"format": header.format, "comments": header.comments}})
+    yield PointStream(info, read(path, header, file_dtype, chunk_dtype, renamed, chunk_size))
+
+
+def ply_properties(dtype):
+    """(property name, numpy type) for each column a chunk dtype becomes; arrays become name_0, name_1, ..."""
+    columns = []
+    for name in dtype.names:
+        field_dtype = dtype[name]
+        base, shape = field_dtype.subdtype if field_dtype.subdtype else (field_dtype, ())
+        code = base.str.lstrip("<>|=")
+        if code not in PLY_NAME:
+            code = "f8"  # 64-bit integers: PLY has no such type
+        names = [name] if not shape else [f"{name}_{i}" for i in range(int(np.prod(shape)))]
+        columns += [(column, code) for column in names]
+    return columns
+
+
+class PlyWriter(Writer):
+    """Streams vertices; the count is written into the header when the file is closed."""
+
+    PAD = 20
+
+    def __init__(self, sink, item, info, temp, ascii):
+        self.where = f"{sink.label}: {item.name}"
+        self.temp, self.ascii = temp, ascii
+        self.columns = ply_properties(info.dtype)
+        self.count = 0
+        self.lossy = [name for name in info.dtype.names if info.dtype[name].base.kind in "iu"
+                      and info.dtype[name].base.itemsize == 8]
+        self.file_dtype = np.dtype([(name, "<" + code if code not in ("u1", "i1") else code)
+                                    for name, code in self.columns])
+        self.handle = open(temp, "wb")
+        self.handle.write(self.header(0))
+
+    def header(self, count):
+        lines = ["ply", f"format {'ascii' if self.ascii else 'binary_little_endian'} 1.0",
+                 f"comment written by cupix-pipeline {__version__}", f"element vertex {count}"]
+        lines += [f"property {PLY_NAME[code]} {name}" for name, code in self.columns]
+        lines += ["comment" + " " * (self.PAD - len(str(count))), "end_header"]
+        return ("\n".join(lines) + "\n").encode("ascii")
+
+    def flatten(self, chunk):
+        records = np.empty(len(chunk), self.file_dtype)
+        column = 0
+        for name in chunk.dtype.names:
+            values = chunk[name].reshape(len(chunk), -1)
+            for i in range(values.shape[1]):
+                records[self.columns[column][0]] = values[:, i]
+                column += 1
+        return records
+
+    def write(self, chunk):
+        for name in self.lossy:
+            if len(chunk) and np.abs(chunk[name].astype(np.float64)).max() > 2 ** 53:
+                raise SinkError(f"{self.where}: field {name!r} has 64-bit integers that PLY cannot store exactly")
+        records = self.flatten(chunk)
+        if self.ascii:
+            formats = [{"f8": "%.17g", "f4": "%.9g"}.get(code, "%d") for _, code in self.columns]
+            np.savetxt(self.handle, records, fmt=formats)
+        else:
+            records.tofile(self.handle)
+        self.count += len(chunk)
+
+    def close(self):
+        self.handle.seek(0)
+        self.handle.write(self.header(self.count))
+        self.handle.close()
+
+    def abort(self):
+        self.handle.close()
+
+
+class PlySink(Sink):
+    """Writes PLY (binary little-endian, or ascii) with x, y, z as double and every attribute kept."""
+
+    options = (
+        Option("path", template(), "output path template ending in .ply, e.g. out/{name}.ply"),
+        Option("ascii", boolean(), "write ascii instead of binary little-endian", default=False),
+    )
+
+    @classmethod
+    def check(cls, options):
+        if not options["path"].lower().endswith(".ply"):
+            raise OptionError("expected a path ending in .ply", "path")
+
+    def open(self, item, info, staging):
+        final = self.targets(item)[0]
+        return PlyWriter(self, item, info, staging.create(final), self.options["ascii"])
