@@ -96,7 +96,7 @@ def _whole_cloud(chunks, function, label, item, info):
 
     if info.point_count:
         megabytes = info.point_count * info.dtype.itemsize / 1e6
-        log.warning("%s holds the whole of %s in memory: about %.0f MB", label, item.name, megabytes)
+        log.warning("%s holds the whole of %s in memory: about %.1f MB", label, item.name, megabytes)
     parts = list(chunks)
     yield function(np.concatenate(parts) if parts else np.zeros(0, info.dtype))
 

@@ -235,6 +235,9 @@ class LasWriter(Writer):
         if facts:
             header = copy.deepcopy(facts["header"])
             header.vlrs = [v for v in header.vlrs if type(v).__name__ != "LasZipVlr"]
+            if str(header.version) == "1.0":  # laspy writes 1.1 and later; 1.2 holds every 1.0 file
+                log.info("%s: the input is LAS 1.0; writing LAS 1.2", self.where)
+                header.version = laspy.header.Version(1, 2)
         else:
             point_format = FORMAT_FOR[("gps_time" in names, all(c in names for c in COLOURS))]
             header = laspy.LasHeader(version="1.4", point_format=point_format)

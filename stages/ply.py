@@ -95,7 +95,7 @@ def parse_header(path) -> PlyHeader:
     if vertex is None:
         raise SourceError(f"{path}: PLY file has no vertex element")
     names = [name for name, _ in vertex.properties]
-    missing = [axis for axis in XYZ if axis not in names]
+    missing = [axis for axis in ("x", "y") if axis not in names]
     if missing:
         raise SourceError(f"{path}: PLY vertex element has no {', '.join(missing)} property")
     if vertex.has_lists:
@@ -118,7 +118,7 @@ def vertex_layout(header):
 
 
 def convert(records, chunk_dtype, renamed):
-    chunk = np.empty(len(records), chunk_dtype)
+    chunk = np.zeros(len(records), chunk_dtype)
     for name in records.dtype.names:
         chunk[renamed[name]] = records[name]
     return chunk
@@ -183,6 +183,8 @@ def _ascii_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size):
 @contextmanager
 def read_ply(path, chunk_size):
     header = parse_header(path)
+    if "z" not in [name for name, _ in header.vertex.properties]:
+        log.warning("%s: PLY vertices have no z property; z is set to 0", path)
     file_dtype, chunk_dtype, renamed = vertex_layout(header)
     read = _ascii_chunks if header.format == "ascii" else _binary_chunks
     info = StreamInfo(dtype=chunk_dtype, source_format="ply", point_count=header.vertex.count,

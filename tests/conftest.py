@@ -1,0 +1,54 @@
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import laspy
+import numpy as np
+import pytest
+
+from pipeline.registry import Registry
+
+REPO = Path(__file__).resolve().parents[1]
+CONFORMANCE = Path(os.environ.get("CONFORMANCE_DIR", REPO.parent / "shared" / "data" / "conformance"))
+
+
+@pytest.fixture(scope="session")
+def conformance():
+    """The shared corpus of real files (../shared/data/conformance, or $CONFORMANCE_DIR)."""
+    if not (CONFORMANCE / "las").is_dir():
+        pytest.fail(f"conformance corpus not found at {CONFORMANCE}; set CONFORMANCE_DIR")
+    return CONFORMANCE
+
+
+@pytest.fixture(scope="session")
+def registry():
+    return Registry.from_entry_points()
+
+
+def write_config(folder, body, name="config.yaml"):
+    path = Path(folder) / name
+    path.write_text(textwrap.dedent(body).lstrip())
+    return path
+
+
+def make_las(path, xyz, scale=0.001, offset=None, point_format=3, version="1.2", **fields):
+    """A LAS/LAZ file with the given float coordinates and attribute arrays."""
+    xyz = np.asarray(xyz, dtype=np.float64)
+    header = laspy.LasHeader(version=version, point_format=point_format)
+    header.scales = np.array([scale] * 3)
+    header.offsets = np.floor(xyz.min(axis=0)) if offset is None else np.asarray(offset, dtype=np.float64)
+    data = laspy.LasData(header)
+    data.x, data.y, data.z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+    for name, values in fields.items():
+        data[name] = values
+    data.write(str(path))
+    return path
+
+
+@pytest.fixture
+def demo_copy(tmp_path):
+    """sample_configs copied into tmp_path, so a run writes nothing into the repository."""
+    target = tmp_path / "sample_configs"
+    shutil.copytree(REPO / "sample_configs", target, ignore=shutil.ignore_patterns("out", "__pycache__"))
+    return target

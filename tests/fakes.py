@@ -1,0 +1,79 @@
+"""Small stages for engine tests, registered through a Registry built from a dict."""
+import logging
+from contextlib import contextmanager
+
+import numpy as np
+
+from pipeline.errors import StageError
+from pipeline.model import Item, PointStream, StreamInfo
+from pipeline.options import Option, integer, text
+from pipeline.stage import Source, Transform
+
+DTYPE = np.dtype([("x", "f8"), ("y", "f8"), ("z", "f8"), ("intensity", "u2")])
+
+
+def points(item_index, count):
+    chunk = np.zeros(count, DTYPE)
+    chunk["x"] = 500_000 + np.arange(count) * 0.25
+    chunk["y"] = 4_000_000 + item_index
+    chunk["z"] = 50.125
+    chunk["intensity"] = np.arange(count) % 65536
+    return chunk
+
+
+class CountingSource(Source):
+    """Yields `items` items of `points` points each."""
+
+    options = Source.options + (Option("items", integer(minimum=0), "how many items", default=2),
+                                Option("points", integer(minimum=0), "points per item", default=10))
+
+    def items(self):
+        return [Item(id=f"i{n}", name=f"item{n}", index=n, location=f"memory:{n}", point_count=self.options["points"])
+                for n in range(self.options["items"])]
+
+    @contextmanager
+    def read(self, item):
+        data = points(item.index, self.options["points"])
+        size = self.options["chunk_size"]
+        yield PointStream(StreamInfo(dtype=DTYPE, source_format="memory", point_count=len(data)),
+                          (data[i:i + size] for i in range(0, len(data), size)))
+
+
+class FailingTransform(Transform):
+    """Raises on the given item (or KeyboardInterrupt when `error: interrupt`)."""
+
+    options = (Option("item", integer(), "index of the item that fails", default=1),
+               Option("error", text(), "stage | interrupt", default="stage"))
+
+    def start(self, item, info):
+        def function(chunk):
+            if item.index == self.options["item"]:
+                if self.options["error"] == "interrupt":
+                    raise KeyboardInterrupt
+                raise StageError(f"{self.label}: boom on {item.name}")
+            return chunk
+        return info, function
+
+
+class WholeCloudTransform(Transform):
+    """Records the size of the one chunk it is given."""
+
+    options = ()
+    whole_cloud = True
+
+    def start(self, item, info):
+        def function(chunk):
+            logging.getLogger("tests").info("whole cloud chunk of %d", len(chunk))
+            out = chunk.copy()
+            out["intensity"] = len(chunk)
+            return out
+        return info, function
+
+
+ENTRIES = {
+    "source.counting": CountingSource,
+    "transform.failing": FailingTransform,
+    "transform.whole": WholeCloudTransform,
+    "sink.las": "stages.las:LasSink",
+    "sink.ply": "stages.ply:PlySink",
+}

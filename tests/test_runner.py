@@ -1,0 +1,130 @@
+import logging
+import os
+
+import laspy
+import numpy as np
+import pytest
+
+from pipeline import config
+from pipeline.errors import PipelineError, StageError
+from pipeline.registry import Registry
+from pipeline.runner import Runner
+from tests.conftest import write_config
+from tests.fakes import ENTRIES, points
+
+
+@pytest.fixture
+def registry():
+    return Registry(ENTRIES)
+
+
+def run(folder, registry, body, jobs=1):
+    cfg = config.load(write_config(folder, body), registry)
+    runner = Runner(cfg, registry, jobs=jobs)
+    return runner.run(runner.plan())
+
+
+def files_under(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+TWO_SINKS = """
+    version: 1
+    stages:
+      - type: source.counting
+        items: 2
+        points: 25
+        chunk_size: 10
+      - type: sink.las
+        path: out/{name}.las
+      - type: sink.ply
+        path: out/{name}.ply
+"""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_every_sink_receives_every_item(tmp_path, registry, jobs):
+    results = run(tmp_path, registry, TWO_SINKS, jobs=jobs)
+    assert files_under(tmp_path) == ["config.yaml", "out/item0.las", "out/item0.ply", "out/item1.las", "out/item1.ply"]
+    assert [r.points_in for r in results] == [25, 25]
+    for index in (0, 1):
+        expected = points(index, 25)
+        written = laspy.read(tmp_path / f"out/item{index}.las")
+        assert np.allclose(written.x, expected["x"], atol=0.0005, rtol=0)
+        assert np.array_equal(written.intensity, expected["intensity"])
+        assert results[index].outputs[0]["path"] == str(tmp_path / f"out/item{index}.las")
+        assert results[index].outputs[0]["size"] == os.path.getsize(tmp_path / f"out/item{index}.las")
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failing_stage_leaves_no_output(tmp_path, registry, jobs):
+    body = TWO_SINKS.replace("      - type: sink.las", "      - type: transform.failing\n        item: 1\n"
+                                                         "      - type: sink.las", 1)
+    with pytest.raises(StageError, match=r"^stages\[1\] \(transform.failing\): boom on item1$"):
+        run(tmp_path, registry, body, jobs=jobs)
+    assert files_under(tmp_path) == ["config.yaml"]  # not even the first item's files, nor a temporary one
+
+
+def test_an_interrupt_leaves_no_output(tmp_path, registry):
+    body = TWO_SINKS.replace("      - type: sink.las", "      - type: transform.failing\n        item: 1\n"
+                                                         "        error: interrupt\n      - type: sink.las", 1)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, registry, body)
+    assert files_under(tmp_path) == ["config.yaml"]
+
+
+def test_an_existing_file_survives_a_failed_run(tmp_path, registry):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/item0.las").write_bytes(b"previous run")
+    body = TWO_SINKS.replace("      - type: sink.las", "      - type: transform.failing\n        item: 1\n"
+                                                         "      - type: sink.las", 1)
+    with pytest.raises(StageError):
+        run(tmp_path, registry, body)
+    assert (tmp_path / "out/item0.las").read_bytes() == b"previous run"
+
+
+def test_two_items_on_one_path_is_refused_before_writing(tmp_path, registry):
+    body = TWO_SINKS.replace("out/{name}.las", "out/all.las")
+    with pytest.raises(PipelineError) as error:
+        run(tmp_path, registry, body)
+    assert str(error.value) == (f"stages[1] (sink.las): items 'item0' and 'item1' would both write "
+                                f"{tmp_path}/out/all.las; add {{id}} or {{index}} to the path template")
+    assert files_under(tmp_path) == ["config.yaml"]
+
+
+def test_source_chunks_are_bounded_and_whole_cloud_stage_gets_one(tmp_path, registry, caplog):
+    body = """
+        version: 1
+        stages:
+          - type: source.counting
+            items: 1
+            points: 25
+            chunk_size: 10
+          - type: transform.whole
+          - type: sink.ply
+            path: out/{name}.ply
+            ascii: true
+    """
+    with caplog.at_level(logging.INFO):
+        run(tmp_path, registry, body)
+    assert "whole cloud chunk of 25" in caplog.text
+    assert "stages[1] (transform.whole) holds the whole of item0 in memory: about 0.0 MB" in caplog.text
+    lines = (tmp_path / "out/item0.ply").read_text().splitlines()
+    assert lines[-1].split()[-1] == "25"
+
+
+def test_output_may_not_replace_an_input(tmp_path, conformance):
+    from pipeline.registry import Registry as Real
+
+    source = tmp_path / "in.las"
+    source.write_bytes((conformance / "las/simple.las").read_bytes())
+    body = """
+        version: 1
+        stages:
+          - type: source.files
+            paths: [in.las]
+          - type: sink.las
+            path: "{name}.las"
+    """
+    with pytest.raises(PipelineError, match=r"output .*in.las is an input file of this run; choose another path"):
+        run(tmp_path, Real.from_entry_points(), body)
