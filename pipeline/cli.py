@@ -2,6 +2,7 @@
 import argparse
 import json
 import logging
+import signal
 import sys
 import time
 import traceback
@@ -48,29 +49,44 @@ def main(argv=None) -> int:
     except SystemExit as exit:
         return int(exit.code or 0)
     configure_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    interrupted = []
+
+    def on_interrupt(signum, frame):
+        interrupted.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         return COMMANDS[args.command](args)
-    except KeyboardInterrupt:
-        print("interrupted: no output was kept", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except UsageError as error:
+    except BaseException as error:
+        # Ctrl-C may surface as another exception, e.g. raised inside a compressor's write callback
+        if interrupted or isinstance(error, KeyboardInterrupt):
+            print("interrupted: no output was kept", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        return report_error(error, args.debug)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def report_error(error, debug):
+    """Prints one line for an error (tracebacks only with --debug) and returns the exit code."""
+    if isinstance(error, UsageError):
         print(f"pipeline: error: {error}", file=sys.stderr)
         return EXIT_USAGE
-    except ConfigError as error:
+    if isinstance(error, ConfigError):
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
         return EXIT_ERROR
-    except PipelineError as error:
-        if args.debug:
-            traceback.print_exc()
+    if not isinstance(error, Exception):
+        raise error
+    if debug:
+        traceback.print_exception(error)
+    if isinstance(error, PipelineError):
         print(f"error: {error}", file=sys.stderr)
-        return EXIT_ERROR
-    except Exception as error:  # a bug: still one line unless --debug
-        if args.debug:
-            traceback.print_exc()
+    else:  # a bug: still one line unless --debug
         print(f"error: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)",
               file=sys.stderr)
-        return EXIT_ERROR
+    return EXIT_ERROR
 
 
 def configure_logging(quiet, verbose):

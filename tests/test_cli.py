@@ -1,0 +1,235 @@
+"""The command line end to end: exit codes, messages, the demo, reports, dry runs."""
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import laspy
+import numpy as np
+import open3d
+
+from pipeline.cli import main
+from tests.conftest import REPO, make_las, write_config
+from tests.plyfile_plain import read_plain_ply
+
+DEMO_MATRIX = np.array([[0.8660254037844387, -0.5, 0.0, 500000.0], [0.5, 0.8660254037844387, 0.0, 4000000.0],
+                        [0.0, 0.0, 1.0, 50.0], [0.0, 0.0, 0.0, 1.0]])
+
+
+def cli(*args, cwd=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
+
+
+def moved(matrix, x, y, z):
+    points = np.stack([x, y, z], axis=1) @ matrix[:3, :3].T + matrix[:3, 3]
+    return points.T
+
+
+def test_demo_runs_and_outputs_read_back(demo_copy):
+    report = demo_copy.parent / "run.json"
+    done = cli("run", demo_copy / "demo.yaml", "--report", report)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert done.stderr.splitlines()[-1].startswith("done: 3 item(s), 60,000 points in, 60,000 out, 9 file(s) written")
+    out = demo_copy.parent / "out"
+    assert sorted(p.name for p in out.iterdir()) == [f"scan_0{i}.{s}" for i in (1, 2, 3) for s in ("las", "laz", "ply")]
+    for stem in ("scan_01", "scan_02"):
+        original = laspy.read(demo_copy / f"data/{stem}.laz")
+        expected = moved(DEMO_MATRIX, original.x, original.y, original.z)
+        for suffix in ("las", "laz"):
+            written = laspy.read(out / f"{stem}.{suffix}")
+            for axis, values in zip("xyz", expected):
+                assert np.abs(np.asarray(written[axis]) - values).max() <= 0.0005
+            assert np.array_equal(written.intensity, original.intensity)
+            assert np.array_equal(written.gps_time, original.gps_time)
+            assert np.array_equal(written.classification, original.classification)
+            assert written.header.scales.tolist() == [0.001] * 3
+        ply = read_plain_ply(out / f"{stem}.ply")
+        for axis, values in zip("xyz", expected):
+            assert np.abs(ply[axis] - values).max() < 1e-6
+        assert np.array_equal(np.asarray(open3d.io.read_point_cloud(str(out / f"{stem}.ply")).points)[:, 0], ply["x"])
+    scan_03 = read_plain_ply(demo_copy / "data/scan_03.ply")
+    written = laspy.read(out / "scan_03.las")
+    assert np.array_equal(written.red, scan_03["red"]) and np.array_equal(written.intensity, scan_03["intensity"])
+    run = json.loads(report.read_text())
+    assert run["config"]["sha256"] == hashlib.sha256((demo_copy / "demo.yaml").read_bytes()).hexdigest()
+    assert run["totals"] == {"items": 3, "points_in": 60000, "points_out": 60000, "outputs": 9,
+                             "bytes_written": sum(p.stat().st_size for p in out.iterdir())}
+    first = run["items"][0]
+    assert first["applied"] == [{"stage": "stages[1] (transform.matrix, tag to_survey)", "matrix": DEMO_MATRIX.tolist()}]
+    for output in first["outputs"]:
+        assert output["sha256"] == hashlib.sha256(Path(output["path"]).read_bytes()).hexdigest()
+    assert set(run["dependencies"]) >= {"numpy", "laspy", "lazrs", "PyYAML"}
+
+
+def test_same_config_and_inputs_give_the_same_bytes(demo_copy, tmp_path):
+    assert cli("run", "-q", demo_copy / "demo.yaml", "--jobs", "2", "--report", tmp_path / "a.json").returncode == 0
+    assert cli("run", "-q", demo_copy / "demo.yaml", "--report", tmp_path / "b.json").returncode == 0
+    digests = [[o["sha256"] for i in json.loads((tmp_path / n).read_text())["items"] for o in i["outputs"]]
+               for n in ("a.json", "b.json")]
+    assert digests[0] == digests[1]
+
+
+def test_dry_run_lists_and_writes_nothing(demo_copy):
+    done = cli("run", demo_copy / "demo.yaml", "--dry-run")
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert lines[0] == "3 item(s)"
+    assert lines[1] == f"[0] scan_01 (id scan_01, 20,000 points) from {demo_copy}/data/scan_01.laz"
+    assert lines[2] == f"    -> {demo_copy.parent}/out/scan_01.las  (stages[2] (sink.las, tag las))"
+    assert not (demo_copy.parent / "out").exists()
+
+
+def test_set_overrides_an_option(demo_copy):
+    done = cli("run", "-q", demo_copy / "demo.yaml", "--set", "ply.path=../ply/{id}.ply", "--dry-run")
+    assert done.returncode == 0
+    assert f"    -> {demo_copy.parent}/ply/scan_01.ply  (stages[4] (sink.ply, tag ply))" in done.stdout.splitlines()
+
+
+def test_config_errors_exit_1_with_one_line_each(tmp_path):
+    path = write_config(tmp_path, """
+        version: 1
+        stages:
+          - type: source.files
+            paths: [a.las]
+          - type: transform.matrix
+            matrix: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0]
+            layout: row_major
+          - type: sink.lass
+            path: out/{name}.las
+    """)
+    done = cli("run", path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"error: {path}:6: stages[1] (transform.matrix) > matrix: expected 16 numbers, got 15",
+        f"error: {path}:8: stages[2] (sink.lass): unknown stage type 'sink.lass'; did you mean 'sink.las'? "
+        "(known: sink.las, sink.ply, source.files, transform.matrix)",
+    ]
+    assert done.stdout == ""
+
+
+def test_validate_json(demo_copy, tmp_path):
+    done = cli("validate", demo_copy / "demo.yaml", "--json")
+    assert done.returncode == 0
+    result = json.loads(done.stdout)
+    assert result["valid"] is True and result["errors"] == []
+    assert [s["type"] for s in result["stages"]] == ["source.files", "transform.matrix", "sink.las", "sink.las", "sink.ply"]
+    bad = write_config(tmp_path, "version: 2\nstages: []\n")
+    done = cli("validate", bad, "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout) == {"valid": False, "stages": [], "errors": [
+        f"{bad}:1: unsupported version 2; this tool reads version 1",
+        f"{bad}:2: expected a non-empty list of stages"]}
+
+
+def test_stages_lists_options_with_types_and_defaults():
+    done = cli("stages", "--json")
+    assert done.returncode == 0
+    stages = {s["type"]: s for s in json.loads(done.stdout)}
+    assert set(stages) == {"source.files", "transform.matrix", "sink.las", "sink.ply"}
+    chunk = next(o for o in stages["source.files"]["options"] if o["name"] == "chunk_size")
+    assert chunk == {"name": "chunk_size", "type": "integer >= 1", "required": False, "default": 1000000,
+                     "doc": "points per chunk"}
+    text = cli("stages").stdout
+    assert "    layout (row_major | column_major; default null): how 16 numbers are stored" in text
+
+
+def test_runtime_error_is_one_line_without_traceback(tmp_path):
+    make_las(tmp_path / "far.las", [[0, 0, 0], [1000, 0, 0]], scale=0.001)
+    path = write_config(tmp_path, """
+        version: 1
+        stages:
+          - type: source.files
+            paths: [far.las]
+          - type: transform.matrix
+            matrix: [[3000, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+          - type: sink.las
+            path: out/{name}.las
+          - type: sink.ply
+            path: out/{name}.ply
+    """)
+    done = cli("run", "-q", path)
+    assert done.returncode == 1
+    assert done.stderr == ("error: stages[2] (sink.las): far: x values 0.0..3000000.0 do not fit LAS 32-bit integers "
+                           "with scale 0.001 and offset 0\n")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+    debug = cli("run", "-q", "--debug", path)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_usage_errors_exit_2(demo_copy):
+    assert cli("run").returncode == 2
+    assert cli("frobnicate").returncode == 2
+    done = cli("run", demo_copy / "demo.yaml", "--set", "nosuchtag.path=x")
+    assert done.returncode == 2
+    assert done.stderr == ("pipeline: error: --set nosuchtag.path=x: no stage has tag 'nosuchtag' "
+                           "(tags: input, las, laz, ply, to_survey)\n")
+
+
+def test_missing_environment_variable_is_named(tmp_path):
+    path = write_config(tmp_path, """
+        version: 1
+        stages:
+          - type: source.files
+            paths: ["${SCANS_DIR}/*.las"]
+          - type: sink.las
+            path: out/{name}.las
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "SCANS_DIR"}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(path)], capture_output=True, text=True,
+                          env=env)
+    assert done.returncode == 1
+    assert done.stderr == f"error: {path}:4: stages[0] > paths[0]: environment variable SCANS_DIR is not set\n"
+
+
+def test_main_in_process_returns_codes(demo_copy, capsys):
+    assert main(["validate", str(demo_copy / "demo.yaml")]) == 0
+    assert capsys.readouterr().out.startswith(f"{demo_copy / 'demo.yaml'}: valid: source.files (input) -> ")
+    assert main(["run"]) == 2
+
+
+def test_progress_lines_when_not_a_terminal(tmp_path):
+    make_las(tmp_path / "a.las", np.random.default_rng(0).uniform(0, 10, (1000, 3)))
+    path = write_config(tmp_path, """
+        version: 1
+        stages:
+          - type: source.files
+            paths: [a.las]
+          - type: sink.las
+            path: out/{name}.laz
+    """)
+    done = cli("run", path)
+    assert done.returncode == 0
+    assert "\r" not in done.stderr  # a pipe gets plain lines, never a redrawn bar
+    assert cli("run", "-q", path).stderr == ""
+
+
+def test_ctrl_c_exits_130_and_leaves_no_output(tmp_path):
+    rng = np.random.default_rng(0)
+    for n in range(6):
+        make_las(tmp_path / f"big{n}.las", rng.uniform(0, 1000, (1_500_000, 3)))
+    path = write_config(tmp_path, """
+        version: 1
+        stages:
+          - type: source.files
+            paths: ["big*.las"]
+            chunk_size: 50000
+          - type: sink.las
+            path: out/{name}.laz
+    """)
+    for jobs in ("1", "2"):
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "-q", "--jobs", jobs, str(path)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("out/.*.part")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 130, stderr
+        assert stderr == "interrupted: no output was kept\n"
+        assert list((tmp_path / "out").iterdir()) == []
