@@ -199,7 +199,7 @@ def test_no_eta_before_anything_is_done():
 
 
 @pytest.mark.parametrize("points, shown", [(0, "0"), (999, "999"), (1000, "1.0k"), (12_345, "12.3k"),
-                                           (2_500_000, "2.5M"), (7_250_000_000, "7.2G")])
+                                           (2_500_000, "2.5M"), (7_300_000_000, "7.3G")])
 def test_point_counts(points, shown):
     progress, clock, _ = console(interactive=False, start=0.0)
     progress.start(1)
