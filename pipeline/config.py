@@ -50,6 +50,9 @@ class StageSpec:
     def __reduce__(self):
         return (StageSpec, (self.index, self.type, self.tag, dict(self.options), self.line, self.secrets))
 
+    def __repr__(self):
+        return f"StageSpec({self.label}, options={self.public_options()!r})"
+
 
 @dataclass(frozen=True)
 class Config:
@@ -84,7 +87,7 @@ class Override:
         target, equals, raw = text.partition("=")
         tag, dot, option = target.partition(".")
         if not equals or not dot or not tag or not option:
-            raise UsageError(f"--set {text!r}: expected TAG.OPTION=VALUE")
+            raise UsageError(f"--set {target}: expected TAG.OPTION=VALUE")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
@@ -105,6 +108,11 @@ class _Located:
     def build(self, node, where=()):
         self.lines[where] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
+            try:
+                self._constructor.flatten_mapping(node)  # `<<: *anchor` merge keys
+            except yaml.YAMLError as error:
+                self._problem(node, where, f"invalid YAML: {getattr(error, 'problem', None) or error}")
+                return None
             result = {}
             for key_node, value_node in node.value:
                 key = self.build(key_node, where + ("<key>",))
@@ -116,7 +124,11 @@ class _Located:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(child, where + (i,)) for i, child in enumerate(node.value)]
-        value = self._constructor.construct_object(node, deep=True)
+        try:
+            value = self._constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as error:
+            self._problem(node, where, f"invalid YAML: {getattr(error, 'problem', None) or error}")
+            return None
         if isinstance(value, str) and "$" in value:
             value = self._expand(node, value, where)
         return value
@@ -176,6 +188,8 @@ def load(path, registry, overrides=(), environ=None, display=None) -> Config:
         raise ConfigError([f"{display}{line}: invalid YAML: {problem}"]) from error
     located = _Located(display, os.environ if environ is None else environ)
     document = located.build(node) if node is not None else None
+    if located.problems:  # YAML and environment problems first: option checks would only echo them
+        raise ConfigError(located.problems)
     validator = _Validator(display, path.resolve().parent, registry, located.lines, located.problems)
     stages = validator.validate(document, [Override.parse(o) if isinstance(o, str) else o for o in overrides])
     if validator.problems:
@@ -207,7 +221,7 @@ class _Validator:
                              crumbs="")
         if "version" not in document:
             self.problem((), f"missing 'version: {VERSION}'")
-        elif document["version"] != VERSION:
+        elif isinstance(document["version"], bool) or document["version"] != VERSION:
             self.problem(("version",), f"unsupported version {shown(document['version'])}; this tool reads version {VERSION}",
                          crumbs="")
         raw_stages = document.get("stages")
@@ -227,9 +241,9 @@ class _Validator:
         for override in overrides:
             if override.tag not in tags:
                 known = ", ".join(sorted(map(str, tags))) or "none: add `tag:` to a stage"
-                raise UsageError(f"--set {override.text}: no stage has tag {override.tag!r} (tags: {known})")
+                raise UsageError(f"--set {override.tag}.{override.option}: no stage has tag {override.tag!r} (tags: {known})")
             if override.option in ("type", "tag"):
-                raise UsageError(f"--set {override.text}: the stage's {override.option} cannot be set")
+                raise UsageError(f"--set {override.tag}.{override.option}: the stage's {override.option} cannot be set")
             tags[override.tag][override.option] = override.value
             tags[override.tag].setdefault("<set>", set()).add(override.option)
 
@@ -317,8 +331,9 @@ class _Validator:
             self.problem(("stages",), "no sink: add at least one (for example type: sink.las)", crumbs="")
 
     def _check_templates(self, stages):
-        source_cls = self.registry.get(stages[0].type) if stages[0].kind == "source" else None
-        known = set(getattr(source_cls, "template_fields", ()))
+        if stages[0].kind != "source":
+            return
+        known = set(self.registry.get(stages[0].type).template_fields)
         for spec in stages:
             cls = self.registry.get(spec.type)
             for option in cls.options:

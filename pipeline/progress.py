@@ -19,10 +19,13 @@ class Progress:
 
 
 def _count(n):
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f}{unit}"
-    return str(int(n))
+    """999 -> '999', 999_950 -> '1.0M' (never '1000.0k')."""
+    if n < 1000:
+        return str(int(n))
+    for unit, size in (("k", 1e3), ("M", 1e6), ("G", 1e9)):
+        text = f"{n / size:.1f}"
+        if float(text) < 1000 or unit == "G":
+            return text + unit
 
 
 def _duration(seconds):

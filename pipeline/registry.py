@@ -60,10 +60,15 @@ class Registry:
             module_name, _, attribute = target.partition(":")
             try:
                 module = importlib.import_module(module_name)
-            except ImportError as error:
-                raise MissingDependency(f"stage {name!r} cannot be loaded: {error}; "
-                                        f"install the package that provides {error.name or module_name!r}") from error
-            target = getattr(module, attribute)
+            except (ImportError, OSError) as error:
+                reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+                missing = getattr(error, "name", None) or module_name
+                raise MissingDependency(f"stage {name!r} cannot be loaded: {reason}; "
+                                        f"install the package that provides {missing!r}") from error
+            try:
+                target = getattr(module, attribute)
+            except AttributeError as error:
+                raise PipelineError(f"stage {name!r} cannot be loaded: {module_name} has no {attribute!r}") from error
         expected_kind = name.partition(".")[0]
         if getattr(target, "kind", None) != expected_kind:
             raise PipelineError(f"stage {name!r} ({target!r}) is not a {expected_kind} stage")

@@ -167,7 +167,7 @@ def test_usage_errors_exit_2(demo_copy):
     assert cli("frobnicate").returncode == 2
     done = cli("run", demo_copy / "demo.yaml", "--set", "nosuchtag.path=x")
     assert done.returncode == 2
-    assert done.stderr == ("pipeline: error: --set nosuchtag.path=x: no stage has tag 'nosuchtag' "
+    assert done.stderr == ("pipeline: error: --set nosuchtag.path: no stage has tag 'nosuchtag' "
                            "(tags: input, las, laz, ply, to_survey)\n")
 
 

@@ -827,7 +827,7 @@ def test_override_of_an_unknown_tag(tmp_path, registry):
     with pytest.raises(UsageError) as caught:
         load(path, registry, overrides=["lsa.path=out/{name}.laz"])
 
-    assert str(caught.value) == "--set lsa.path=out/{name}.laz: no stage has tag 'lsa' (tags: input, las)"
+    assert str(caught.value) == "--set lsa.path: no stage has tag 'lsa' (tags: input, las)"
 
 
 def test_override_without_any_tag(tmp_path, registry):
@@ -836,7 +836,7 @@ def test_override_without_any_tag(tmp_path, registry):
     with pytest.raises(UsageError) as caught:
         load(path, registry, overrides=["input.chunk_size=5"])
 
-    assert str(caught.value) == "--set input.chunk_size=5: no stage has tag 'input' (tags: none: add `tag:` to a stage)"
+    assert str(caught.value) == "--set input.chunk_size: no stage has tag 'input' (tags: none: add `tag:` to a stage)"
 
 
 @pytest.mark.parametrize("text", ["input=3", "input.chunk_size", ".chunk_size=3", "input.=3", "chunk_size 3"])
@@ -846,7 +846,8 @@ def test_override_bad_syntax(tmp_path, registry, text):
     with pytest.raises(UsageError) as caught:
         load(path, registry, overrides=[text])
 
-    assert str(caught.value) == f"--set {text!r}: expected TAG.OPTION=VALUE"
+    # the value is never repeated: it may be a secret
+    assert str(caught.value) == f"--set {text.partition('=')[0]}: expected TAG.OPTION=VALUE"
 
 
 @pytest.mark.parametrize("option", ["type", "tag"])
@@ -856,7 +857,7 @@ def test_override_of_type_or_tag(tmp_path, registry, option):
     with pytest.raises(UsageError) as caught:
         load(path, registry, overrides=[f"las.{option}=sink.ply"])
 
-    assert str(caught.value) == f"--set las.{option}=sink.ply: the stage's {option} cannot be set"
+    assert str(caught.value) == f"--set las.{option}: the stage's {option} cannot be set"
 
 
 # --- secrets ------------------------------------------------------------------------------------
