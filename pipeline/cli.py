@@ -125,7 +125,8 @@ def command_run(args):
         print_plan(plan)
         return EXIT_OK
     results = runner.run(plan)
-    run_report = report.build(config, results, started_at, time.perf_counter() - started, jobs)
+    run_report = report.build(config, results, started_at, time.perf_counter() - started, jobs,
+                              runner.merged_outputs)
     if args.report:
         report.write_to(sys.stdout if args.report == "-" else args.report, report.dumps(run_report))
     if not args.quiet:
@@ -140,6 +141,8 @@ def print_plan(plan):
         print(f"[{item.index}] {item.name} (id {item.id}{count}) from {item.location}")
         for sink_label, path in plan.targets[item.index]:
             print(f"    -> {path}  ({sink_label})")
+    for sink_label, path in plan.merged:
+        print(f"all items -> {path}  ({sink_label}, merged)")
 
 
 def command_validate(args):

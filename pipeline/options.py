@@ -184,3 +184,28 @@ def anything(describe="any value"):
 def did_you_mean(word, candidates):
     close = difflib.get_close_matches(word, [str(c) for c in candidates], n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def xyz_numbers(positive=False, keywords=()):
+    """Three finite numbers (one for each of x, y, z), a single number for all three, or a keyword."""
+    def check(value, context):
+        if isinstance(value, str) and value in keywords:
+            return value
+        values = value if isinstance(value, list) else [value]
+        if len(values) not in (1, 3) or not all(is_number(v) and math.isfinite(v) for v in values):
+            raise OptionError(f"expected {'a positive' if positive else 'a'} number or 3 numbers"
+                              f"{' or ' + ' | '.join(keywords) if keywords else ''}, got {shown(value)}")
+        if positive and min(values) <= 0:
+            raise OptionError(f"expected positive numbers, got {shown(value)}")
+        return [float(v) for v in values] * (3 if len(values) == 1 else 1)
+    words = f" | {' | '.join(keywords)}" if keywords else ""
+    return Kind(f"{'positive ' if positive else ''}number or [x, y, z]{words}", check)
+
+
+def one_of_values(*values):
+    """One of a few values that YAML may give as numbers or strings (`version: 1.4` or "1.4"); kept as text."""
+    def check(value, context):
+        if str(value) not in values or isinstance(value, bool):
+            raise OptionError(f"expected one of {', '.join(values)}, got {shown(value)}")
+        return str(value)
+    return Kind(" | ".join(values), check)

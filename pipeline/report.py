@@ -35,7 +35,7 @@ def item_entry(result):
     }
 
 
-def build(config, results, started_at, wall_seconds, jobs):
+def build(config, results, started_at, wall_seconds, jobs, merged_outputs=()):
     return {
         "tool": {"name": "cupix-pipeline", "version": __version__},
         "python": platform.python_version(),
@@ -51,10 +51,11 @@ def build(config, results, started_at, wall_seconds, jobs):
             "items": len(results),
             "points_in": sum(r.points_in for r in results),
             "points_out": sum(r.points_out for r in results),
-            "outputs": sum(len(r.outputs) for r in results),
-            "bytes_written": sum(o["size"] for r in results for o in r.outputs),
+            "outputs": sum(len(r.outputs) for r in results) + len(merged_outputs),
+            "bytes_written": sum(o["size"] for r in results for o in r.outputs) + sum(o["size"] for o in merged_outputs),
         },
         "items": [item_entry(r) for r in results],
+        "merged_outputs": list(merged_outputs),
     }
 
 

@@ -8,7 +8,7 @@ import multiprocessing
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -34,13 +34,15 @@ class Stages:
 
 @dataclass
 class Plan:
-    """What a run will do: the items, and for each item the final path of every sink's output."""
+    """What a run will do: the items, for each item the final path of every sink's output, and the
+    files of `merge: true` sinks, which receive every item."""
 
     items: list
     targets: dict  # item index -> [(sink label, final path), ...]
+    merged: list = field(default_factory=list)  # [(sink label, final path), ...]
 
     def all_targets(self):
-        return [Path(path) for pairs in self.targets.values() for _, path in pairs]
+        return [Path(path) for pairs in [*self.targets.values(), self.merged] for _, path in pairs]
 
 
 @dataclass
@@ -55,28 +57,89 @@ class ItemResult:
     seconds: float = 0.0
 
 
+def is_merging(sink):
+    return bool(sink.options.get("merge"))
+
+
 def make_plan(stages: Stages) -> Plan:
     """Lists the source's items and checks that no two outputs collide and no input is overwritten."""
     items = stages.source.items()
     targets, owners = {}, {}
     inputs = {Path(p).resolve() for p in stages.source.inputs(items)}
+
+    def claim(sink, path, item):
+        resolved = Path(path).resolve()
+        if resolved in inputs:
+            raise PipelineError(f"{sink.label}: output {path} is an input file of this run; choose another path")
+        if resolved in owners:
+            other_sink, other_item = owners[resolved]
+            also = f" (also written by {other_sink})" if other_sink != sink.label else ""
+            raise PipelineError(f"{sink.label}: items {other_item.name!r} and {item.name!r} would both write "
+                                f"{path}{also}; add {{id}} or {{index}} to the path template")
+        owners[resolved] = (sink.label, item)
+        return (sink.label, str(path))
+
+    merged = []
+    for sink in filter(is_merging, stages.sinks):
+        paths = {str(p) for item in items for p in sink.targets(item)}
+        if len(paths) > 1:
+            raise PipelineError(f"{sink.label}: merge: true needs one file for all items, but the path template gives "
+                                f"{len(paths)} ({', '.join(sorted(paths)[:3])}, ...); use fields every item shares")
+        if items:
+            merged.append(claim(sink, paths.pop(), items[0]))
     for item in items:
-        pairs = []
-        for sink in stages.sinks:
-            for path in sink.targets(item):
-                resolved = Path(path).resolve()
-                if resolved in inputs:
-                    raise PipelineError(f"{sink.label}: output {path} is an input file of this run; "
-                                        "choose another path")
-                if resolved in owners:
-                    other_sink, other_item = owners[resolved]
-                    raise PipelineError(f"{sink.label}: items {other_item.name!r} and {item.name!r} would both write "
-                                        f"{path}{' (also written by ' + other_sink + ')' if other_sink != sink.label else ''}; "
-                                        "add {id} or {index} to the path template")
-                owners[resolved] = (sink.label, item)
-                pairs.append((sink.label, str(path)))
-        targets[item.index] = pairs
-    return Plan(items, targets)
+        targets[item.index] = [claim(sink, path, item) for sink in stages.sinks if not is_merging(sink)
+                               for path in sink.targets(item)]
+    return Plan(items, targets, merged)
+
+
+def final_info(stages: Stages, item: Item):
+    """What an item's stream will look like after every transform, without reading its points."""
+    with stages.source.read(item) as stream:
+        info = stream.info
+        for transform in stages.transforms:
+            info, _ = transform.start(item, info)
+    return info
+
+
+def merged_info(infos):
+    """One stream description for several items: every field of any of them, and the union of their bounds."""
+    import numpy as np
+
+    fields = {}
+    for info in infos:
+        for name in info.dtype.names:
+            kind = info.dtype[name]
+            if name in fields and fields[name] != kind:
+                if fields[name].shape != kind.shape:
+                    raise PipelineError(f"merge: field {name!r} has shapes {fields[name].shape} and {kind.shape}")
+                kind = np.dtype((np.result_type(fields[name].base, kind.base), kind.shape))
+            fields[name] = kind
+    bounds = None
+    if all(info.bounds is not None for info in infos):
+        for info in infos:
+            bounds = union_bounds(bounds, info.bounds)
+    las = [info.format_facts.get("las") for info in infos]
+    same_las = all(las) and len({(f["header"].point_format.id, tuple(f["header"].scales)) for f in las}) == 1
+    if all(las) and not same_las:
+        log.info("merge: the items have different LAS layouts; the first item's header is the model")
+    counts = [info.point_count for info in infos]
+    return replace(infos[0], dtype=np.dtype(list(fields.items())), bounds=bounds,
+                   point_count=sum(counts) if None not in counts else None,
+                   format_facts=infos[0].format_facts if all(las) else {},
+                   applied=tuple(step for info in infos for step in info.applied))
+
+
+def conform(chunk, dtype):
+    """A chunk with the fields of `dtype`: missing ones zero, others converted."""
+    if chunk.dtype == dtype:
+        return chunk
+    import numpy as np
+
+    out = np.zeros(len(chunk), dtype)
+    for name in chunk.dtype.names:
+        out[name] = chunk[name]
+    return out
 
 
 def _counted(chunks, result, side):
@@ -101,8 +164,11 @@ def _whole_cloud(chunks, function, label, item, info):
     yield function(np.concatenate(parts) if parts else np.zeros(0, info.dtype))
 
 
-def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda n: None) -> ItemResult:
-    """Streams one item through every transform into every sink; the staged files are left for the caller."""
+def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda n: None, shared=()) -> ItemResult:
+    """Streams one item through every transform into every sink; the staged files are left for the caller.
+
+    `shared` holds (writer, dtype) of merging sinks: they receive the chunks but stay open for other items.
+    """
     started = time.perf_counter()
     result = ItemResult(item)
     writers = []
@@ -116,10 +182,13 @@ def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda 
                           else map(function, chunks))
             chunks = _counted(chunks, result, "out")
             for sink in stages.sinks:
-                writers.append(sink.open(item, info, staging))
+                if not is_merging(sink):
+                    writers.append(sink.open(item, info, staging))
             for chunk in chunks:
                 for writer in writers:
                     writer.write(chunk)
+                for writer, dtype in shared:
+                    writer.write(conform(chunk, dtype))
                 on_points(len(chunk))
             for writer in writers:
                 writer.close()
@@ -146,6 +215,7 @@ class Runner:
         self.jobs = max(1, jobs)
         self.progress = progress or Progress()
         self.stages = Stages.build(config, registry)
+        self.merged_outputs = []
 
     def plan(self) -> Plan:
         return make_plan(self.stages)
@@ -156,7 +226,9 @@ class Runner:
         total_points = sum(i.point_count for i in plan.items) if all(i.point_count is not None for i in plan.items) else None
         self.progress.start(len(plan.items), total_points)
         try:
-            if self.jobs == 1 or len(plan.items) <= 1:
+            if plan.merged:
+                results = self._run_merging(plan, staging)
+            elif self.jobs == 1 or len(plan.items) <= 1:
                 results = self._run_here(plan, staging)
             else:
                 results = self._run_in_workers(plan, staging)
@@ -168,12 +240,35 @@ class Runner:
             self.progress.finish()
         return sorted(results, key=lambda r: r.item.index)
 
-    def _run_here(self, plan, staging):
+    def _run_here(self, plan, staging, shared=()):
         results = []
         for item in plan.items:
-            result = process_item(self.stages, item, staging, self.progress.advance)
+            result = process_item(self.stages, item, staging, self.progress.advance, shared)
             results.append(_describe_outputs(plan, result, staging))
             self.progress.item_done()
+        return results
+
+    def _run_merging(self, plan, staging):
+        """Items one after another (one file receives them all), into writers opened once for the run."""
+        if self.jobs > 1:
+            log.info("a sink merges every item into one file: items are processed one after another")
+        info = merged_info([final_info(self.stages, item) for item in plan.items])
+        item = Item(id="merged", name="merged", index=-1, location="merged items",
+                    fields=plan.items[0].fields)
+        shared = []
+        try:
+            for sink in filter(is_merging, self.stages.sinks):
+                shared.append((sink.open(item, info, staging), info.dtype))
+            results = self._run_here(plan, staging, shared)
+            for writer, _ in shared:
+                writer.close()
+            shared = []
+        finally:
+            for writer, _ in shared:
+                writer.abort()
+        self.merged_outputs = [dict(zip(("sink", "path", "size", "sha256"),
+                                        (label, path, *file_digest(staging.temporary(path)))))
+                               for label, path in plan.merged]
         return results
 
     def _run_in_workers(self, plan, staging):

@@ -1,28 +1,80 @@
 """`source.files`: local point-cloud files, their format told by their first bytes, not their name."""
 import glob
 import os
+import shutil
+import tempfile
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import SourceError
 from pipeline.model import Item
-from pipeline.options import Option, list_of, path
+from pipeline.options import Option, list_of, path, text
 from pipeline.stage import Source
 
-SIGNATURES = ((b"LASF", "las"), (b"ply", "ply"))
+SIGNATURES = ((b"LASF", "las"), (b"ply", "ply"), (b"ASTM-E57", "e57"), (b"PK\x03\x04", "zip"))
+HEAD = 4096
 
 
-def sniff(file_path):
-    """The format of a file from its first bytes."""
-    try:
-        with open(file_path, "rb") as handle:
-            head = handle.read(16)
-    except OSError as error:
-        raise SourceError(f"{file_path}: cannot read: {error.strerror or error}") from error
+def sniff_bytes(head: bytes):
+    """The format of a point cloud from its first bytes, or None."""
+    from .text import is_pts, is_text
+
     for signature, name in SIGNATURES:
         if head.startswith(signature):
             return name
-    raise SourceError(f"{file_path}: unknown point-cloud format (starts with {head[:8]!r}); "
-                      "expected LAS, LAZ or PLY")
+    if is_text(head):
+        return "pts" if is_pts(head) else "xyz"
+    return None
+
+
+def sniff(file_path):
+    """The format of a file from its first bytes; anything unknown is a one-line error."""
+    try:
+        with open(file_path, "rb") as handle:
+            head = handle.read(HEAD)
+    except OSError as error:
+        raise SourceError(f"{file_path}: cannot read: {error.strerror or error}") from error
+    found = sniff_bytes(head)
+    if found is None:
+        raise SourceError(f"{file_path}: unknown point-cloud format (starts with {head[:8]!r}); "
+                          "expected LAS, LAZ, PLY, PTS, XYZ, E57 or a zip holding one of them")
+    return found
+
+
+TEXT_SUFFIXES = (".pts", ".xyz", ".asc", ".txt", ".csv")
+
+
+def looks_like_points(name, head):
+    """A text member of an archive is a point cloud when it is named like one and has rows of 3+ numbers
+    (so a readme beside the cloud is not taken for one)."""
+    if Path(name).suffix.lower() not in TEXT_SUFFIXES:
+        return False
+    rows = [line.replace(",", " ").replace(";", " ").split() for line in head.decode("ascii", "replace").splitlines()]
+    return any(len(row) >= 3 and all(w.lstrip("-+").replace(".", "", 1).replace("e", "", 1).isdigit() for w in row)
+               for row in rows[:5])
+
+
+def zip_member(file_path):
+    """The one point cloud inside a zip archive, and its format."""
+    try:
+        with zipfile.ZipFile(file_path) as archive:
+            found = []
+            for info in archive.infolist():
+                name = info.filename
+                if info.is_dir() or name.startswith("__MACOSX/") or Path(name).name.startswith("."):
+                    continue
+                with archive.open(info) as member:
+                    head = member.read(HEAD)
+                kind = sniff_bytes(head)
+                if kind is not None and (kind not in ("pts", "xyz") or looks_like_points(name, head)):
+                    found.append((name, kind))
+    except zipfile.BadZipFile as error:
+        raise SourceError(f"{file_path}: broken zip archive: {error}") from error
+    if len(found) != 1:
+        listed = ", ".join(name for name, _ in found) or "none"
+        raise SourceError(f"{file_path}: expected a zip holding one point cloud, found {len(found)} ({listed})")
+    return found[0]
 
 
 def expand(patterns):
@@ -42,18 +94,58 @@ def expand(patterns):
 
 
 def quick_point_count(file_path, file_format):
-    from . import las, ply
+    """The point count from the header, when the format has one and reading it is cheap."""
+    from . import las, ply, text
 
     if file_format == "las":
         return las.check_header(file_path).point_count
-    return ply.parse_header(file_path).vertex.count
+    if file_format == "ply":
+        return ply.parse_header(file_path).vertex.count
+    if file_format == "pts":
+        return text.pts_count(file_path)
+    return None
+
+
+def open_reader(file_path, file_format, chunk_size, columns):
+    from . import e57, las, ply, text
+
+    if file_format == "las":
+        return las.read_las(file_path, chunk_size)
+    if file_format == "ply":
+        return ply.read_ply(file_path, chunk_size)
+    if file_format == "e57":
+        return e57.read_e57(file_path, chunk_size)
+    return text.read_text(file_path, chunk_size, columns)
+
+
+@contextmanager
+def read_file(file_path, chunk_size, columns=None):
+    """Opens any supported file as a point stream; a zip is unpacked to a temporary folder first."""
+    file_format = sniff(file_path)
+    if file_format != "zip":
+        with open_reader(file_path, file_format, chunk_size, columns) as stream:
+            yield stream
+        return
+    member, member_format = zip_member(file_path)
+    folder = tempfile.mkdtemp(prefix="pipeline-zip-")
+    try:
+        extracted = Path(folder) / Path(member).name
+        with zipfile.ZipFile(file_path) as archive, archive.open(member) as source, open(extracted, "wb") as target:
+            shutil.copyfileobj(source, target, 1 << 20)
+        with open_reader(extracted, member_format, chunk_size, columns) as stream:
+            yield stream
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class FilesSource(Source):
-    """Reads local LAS, LAZ and PLY files (paths or globs, relative to the config's folder)."""
+    """Reads local LAS, LAZ, PLY, PTS, XYZ/TXT and E57 files, or a zip holding one (paths or globs)."""
 
     options = Source.options + (
         Option("paths", list_of(path(), min_length=1), "files or glob patterns, e.g. data/*.laz"),
+        Option("columns", list_of(text(), min_length=2), "names of the columns of XYZ/TXT/PTS files "
+               "(e.g. [x, y, z, intensity]; _ skips one); default: from a header line or the column count",
+               default=None),
     )
     template_fields = ("name", "id", "stem", "index")
 
@@ -61,6 +153,8 @@ class FilesSource(Source):
         items = []
         for index, file_path in enumerate(expand(self.options["paths"])):
             file_format = sniff(file_path)
+            if file_format == "zip":
+                zip_member(file_path)  # one point cloud inside, or a clear error now
             stem = Path(file_path).stem
             items.append(Item(id=stem, name=stem, index=index, location=file_path,
                               point_count=quick_point_count(file_path, file_format),
@@ -71,7 +165,4 @@ class FilesSource(Source):
         return [item.location for item in items]
 
     def read(self, item):
-        from . import las, ply
-
-        reader = las.read_las if item.metadata["format"] == "las" else ply.read_ply
-        return reader(item.location, self.options["chunk_size"])
+        return read_file(item.location, self.options["chunk_size"], self.options["columns"])

@@ -14,7 +14,7 @@ import numpy as np
 from pipeline.errors import OptionError, SinkError, SourceError
 from pipeline.imports import require
 from pipeline.model import XYZ, PointStream, StreamInfo
-from pipeline.options import Option, template
+from pipeline.options import Option, boolean, one_of_values, template, xyz_numbers
 from pipeline.stage import Sink, Writer
 
 log = logging.getLogger(__name__)
@@ -219,12 +219,32 @@ def choose_offset(low, scale):
     return math.floor(low / unit) * unit
 
 
+# a point format that also holds colour (red, green, blue), GPS time or near infrared
+WITH_RGB = {0: 2, 1: 3, 4: 5, 6: 7, 9: 10}
+WITH_GPS = {0: 1, 2: 3}
+WITH_NIR = {6: 8, 7: 8, 9: 10}
+
+
+def point_format_for(current, names):
+    """`current` kept when it holds every attribute present, else the smallest format that does."""
+    if current is None:
+        current = 0
+    if all(c in names for c in COLOURS) and current in WITH_RGB:
+        current = WITH_RGB[current]
+    if "gps_time" in names and current in WITH_GPS:
+        current = WITH_GPS[current]
+    if "nir" in names and current in WITH_NIR:
+        current = WITH_NIR[current]
+    return current
+
+
 class LasWriter(Writer):
     def __init__(self, sink, item, info, temp, compress):
         self.sink, self.item, self.info, self.temp, self.compress = sink, item, info, temp, compress
         self.where = f"{sink.label}: {item.name}"
         self.laspy = laspy_module()
         self.header = self.make_header(info)
+        self.evlrs = self.kept_evlrs(info)
         self.writer = None
         self.offsets_fixed = self.header_offsets_known(info)
 
@@ -232,23 +252,47 @@ class LasWriter(Writer):
         laspy = self.laspy
         facts = info.format_facts.get("las")
         names = set(info.dtype.names)
+        wanted = self.sink.options["version"]
         if facts:
             header = copy.deepcopy(facts["header"])
             header.vlrs = [v for v in header.vlrs if type(v).__name__ != "LasZipVlr"]
-            if str(header.version) == "1.0":  # laspy writes 1.1 and later; 1.2 holds every 1.0 file
-                log.info("%s: the input is LAS 1.0; writing LAS 1.2", self.where)
-                header.version = laspy.header.Version(1, 2)
+            current = str(header.version)
+            version = wanted or ("1.2" if current == "1.0" else current)  # laspy writes 1.1 and later
+            if version != current:
+                log.info("%s: LAS %s input written as LAS %s", self.where, current, version)
+            point_format = point_format_for(header.point_format.id, names)
+            extra = [laspy.ExtraBytesParams(name=d.name, type=d.type_str(), scales=d.scales, offsets=d.offsets,
+                                            description=d.description)
+                     for d in header.point_format.extra_dimensions]
         else:
-            point_format = FORMAT_FOR[("gps_time" in names, all(c in names for c in COLOURS))]
-            header = laspy.LasHeader(version="1.4", point_format=point_format)
+            version = wanted or "1.4"
+            point_format = point_format_for(None, names)
+            header = laspy.LasHeader(version=version, point_format=point_format)
             header.scales = np.array([DEFAULT_SCALE] * 3)
+            extra = []
+        if point_format >= 6 and version != "1.4":
+            raise SinkError(f"{self.where}: point format {point_format} needs LAS 1.4; set `version: 1.4`")
+        if (str(header.version), header.point_format.id) != (version, point_format):
+            new_format = laspy.PointFormat(point_format)
+            for params in extra:
+                new_format.add_extra_dimension(params)
+            header.set_version_and_point_format(laspy.header.Version.from_str(version), new_format)
+        if self.sink.options["scale"] is not None:
+            header.scales = np.array(self.sink.options["scale"])
         header.partial_reset()
         known = set(header.point_format.dimension_names) | set(XYZ)
-        extra = [name for name in info.dtype.names if name not in known]
-        if extra:
-            header.add_extra_dims([self.laspy.ExtraBytesParams(name=name, type=self.extra_type(info.dtype[name]))
-                                   for name in extra])
+        added = [name for name in info.dtype.names if name not in known]
+        if added:
+            header.add_extra_dims([laspy.ExtraBytesParams(name=name, type=self.extra_type(info.dtype[name]))
+                                   for name in added])
         return header
+
+    def kept_evlrs(self, info):
+        evlrs = info.format_facts.get("las", {}).get("evlrs") or []
+        if evlrs and self.header.version.minor < 4:
+            log.warning("%s: %d EVLR(s) dropped: LAS %s has no EVLRs", self.where, len(evlrs), self.header.version)
+            return []
+        return evlrs
 
     def extra_type(self, dtype):
         if dtype.subdtype:
@@ -260,6 +304,9 @@ class LasWriter(Writer):
 
     def header_offsets_known(self, info):
         facts = info.format_facts.get("las")
+        if isinstance(self.sink.options["offset"], list):
+            self.header.offsets = np.array(self.sink.options["offset"])
+            return True
         if facts and not info.moved:
             return True  # same coordinates, same integers: keep the input's offsets
         if info.bounds is not None:
@@ -314,9 +361,8 @@ class LasWriter(Writer):
     def close(self):
         if self.writer is None:
             self.open_writer()
-        evlrs = self.info.format_facts.get("las", {}).get("evlrs")
-        if evlrs and self.header.version.minor >= 4:
-            self.writer.write_evlrs(evlrs)
+        if self.evlrs:
+            self.writer.write_evlrs(self.evlrs)
         self.writer.close()
 
     def abort(self):
@@ -330,7 +376,16 @@ class LasWriter(Writer):
 class LasSink(Sink):
     """Writes LAS or LAZ (by the path's extension), keeping every attribute, VLR and the input's scale."""
 
-    options = (Option("path", template(), "output path template ending in .las or .laz, e.g. out/{name}.laz"),)
+    options = (
+        Option("path", template(), "output path template ending in .las or .laz, e.g. out/{name}.laz"),
+        Option("version", one_of_values("1.2", "1.4"), "LAS version (default: the input's; 1.4 for other formats)",
+               default=None),
+        Option("scale", xyz_numbers(positive=True), "coordinate resolution (default: the input's, else 0.001)",
+               default=None),
+        Option("offset", xyz_numbers(keywords=("auto",)), "coordinate offset (auto: whole units below the "
+               "transformed data)", default="auto"),
+        Option("merge", boolean(), "write every item into one file", default=False),
+    )
 
     @classmethod
     def check(cls, options):

@@ -1,5 +1,6 @@
 """PLY: a streaming reader for ascii and binary files (vertices only) and `sink.ply`."""
 import logging
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -9,7 +10,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.errors import OptionError, SinkError, SourceError
 from pipeline.model import XYZ, PointStream, StreamInfo
-from pipeline.options import Option, boolean, template
+from pipeline.options import Option, boolean, choice, template, xyz_numbers
 from pipeline.stage import Sink, Writer
 
 log = logging.getLogger(__name__)
@@ -206,26 +207,77 @@ def ply_properties(dtype):
     return columns
 
 
+COLOURS = ("red", "green", "blue", "alpha")
+
+
+class ColourDepth:
+    """Writes colours as uchar, which viewers expect (open3d divides every colour by 255).
+
+    16-bit colours (LAS) are divided by 257 when they use the 16-bit range and copied when they hold
+    8-bit values, as many LAS files do; `auto` tells which from the item's first chunk.
+    """
+
+    def __init__(self, mode, where):
+        self.mode, self.where, self.decided = mode, where, None
+
+    def convert(self, name, values):
+        if values.dtype == np.uint8 or self.mode == "keep":
+            return values
+        if self.decided is None:
+            self.decided = self.mode if self.mode != "auto" else ("8bit" if values.max(initial=0) <= 255 else "16bit")
+        if self.decided == "16bit":
+            return np.round(values.astype(np.float64) / 257).astype(np.uint8)
+        if values.max(initial=0) > 255 or values.min(initial=0) < 0:
+            hint = " (auto chose 8-bit from the first chunk: set `colors: 16bit`)" if self.mode == "auto" else ""
+            raise SinkError(f"{self.where}: {name} value {values.max()} does not fit 8 bits{hint}")
+        return values.astype(np.uint8)
+
+
 class PlyWriter(Writer):
     """Streams vertices; the count is written into the header when the file is closed."""
 
     PAD = 20
 
-    def __init__(self, sink, item, info, temp, ascii):
+    def __init__(self, sink, item, info, temp):
         self.where = f"{sink.label}: {item.name}"
-        self.temp, self.ascii = temp, ascii
-        self.columns = ply_properties(info.dtype)
+        self.temp, self.ascii = temp, sink.options["ascii"]
+        self.offset = self.choose_offset(sink.options["offset"], info)
+        self.colours = ColourDepth(sink.options["colors"], self.where)
+        dtype = info.dtype
+        self.columns = ply_properties(dtype)
+        if self.offset is not None:
+            self.columns = [(name, "f4" if name in XYZ else code) for name, code in self.columns]
+        if sink.options["colors"] != "keep":
+            self.columns = [(name, "u1" if name in COLOURS else code) for name, code in self.columns]
         self.count = 0
-        self.lossy = [name for name in info.dtype.names if info.dtype[name].base.kind in "iu"
-                      and info.dtype[name].base.itemsize == 8]
+        self.lossy = [name for name in dtype.names if dtype[name].base.kind in "iu" and dtype[name].base.itemsize == 8]
         self.file_dtype = np.dtype([(name, "<" + code if code not in ("u1", "i1") else code)
                                     for name, code in self.columns])
-        self.handle = open(temp, "wb")
+        self.handle = None  # opened at the first chunk, when an `auto` offset can be known
+
+    def start(self, chunk=None):
+        if self.offset == "first chunk":
+            has_points = chunk is not None and len(chunk)
+            self.offset = [float(math.floor(chunk[a].min())) if has_points else 0.0 for a in XYZ]
+        self.handle = open(self.temp, "wb")
         self.handle.write(self.header(0))
+
+    @staticmethod
+    def choose_offset(option, info):
+        if option is None:
+            return None
+        if option != "auto":
+            return option
+        if info.bounds is None:
+            return "first chunk"
+        return [float(math.floor(v)) for v in info.bounds.mins]
 
     def header(self, count):
         lines = ["ply", f"format {'ascii' if self.ascii else 'binary_little_endian'} 1.0",
-                 f"comment written by cupix-pipeline {__version__}", f"element vertex {count}"]
+                 f"comment written by cupix-pipeline {__version__}"]
+        if self.offset is not None:
+            lines.append("comment offset " + " ".join(repr(v) for v in self.offset))
+        lines.append(f"element vertex {count}")
         lines += [f"property {PLY_NAME[code]} {name}" for name, code in self.columns]
         lines += ["comment" + " " * (self.PAD - len(str(count))), "end_header"]
         return ("\n".join(lines) + "\n").encode("ascii")
@@ -236,11 +288,18 @@ class PlyWriter(Writer):
         for name in chunk.dtype.names:
             values = chunk[name].reshape(len(chunk), -1)
             for i in range(values.shape[1]):
-                records[self.columns[column][0]] = values[:, i]
+                column_values = values[:, i]
+                if name in XYZ and self.offset is not None:
+                    column_values = column_values - self.offset[XYZ.index(name)]
+                elif name in COLOURS:
+                    column_values = self.colours.convert(name, column_values)
+                records[self.columns[column][0]] = column_values
                 column += 1
         return records
 
     def write(self, chunk):
+        if self.handle is None:
+            self.start(chunk)
         for name in self.lossy:
             if len(chunk) and np.abs(chunk[name].astype(np.float64)).max() > 2 ** 53:
                 raise SinkError(f"{self.where}: field {name!r} has 64-bit integers that PLY cannot store exactly")
@@ -253,12 +312,15 @@ class PlyWriter(Writer):
         self.count += len(chunk)
 
     def close(self):
+        if self.handle is None:
+            self.start()
         self.handle.seek(0)
         self.handle.write(self.header(self.count))
         self.handle.close()
 
     def abort(self):
-        self.handle.close()
+        if self.handle is not None:
+            self.handle.close()
 
 
 class PlySink(Sink):
@@ -267,6 +329,11 @@ class PlySink(Sink):
     options = (
         Option("path", template(), "output path template ending in .ply, e.g. out/{name}.ply"),
         Option("ascii", boolean(), "write ascii instead of binary little-endian", default=False),
+        Option("offset", xyz_numbers(keywords=("auto",)), "write x, y, z as float minus this offset (auto: whole "
+               "units below the data), recorded in a `comment offset` header line", default=None),
+        Option("colors", choice("auto", "8bit", "16bit", "keep"), "how 16-bit colours become uchar: 8bit copies, "
+               "16bit divides by 257, auto picks from the first chunk, keep writes ushort", default="auto"),
+        Option("merge", boolean(), "write every item into one file", default=False),
     )
 
     @classmethod
@@ -276,4 +343,4 @@ class PlySink(Sink):
 
     def open(self, item, info, staging):
         final = self.targets(item)[0]
-        return PlyWriter(self, item, info, staging.create(final), self.options["ascii"])
+        return PlyWriter(self, item, info, staging.create(final))

@@ -24,6 +24,9 @@ from stages.las import LasSink
 REPO = Path(__file__).resolve().parents[1]
 KNOWN = "(known: sink.las, sink.ply, source.files, transform.matrix)"
 
+LAS_DEFAULTS = {"version": None, "scale": None, "offset": "auto", "merge": False}
+PLY_DEFAULTS = {"ascii": False, "offset": None, "colors": "auto", "merge": False}
+
 
 @pytest.fixture(scope="module")
 def registry():
@@ -79,14 +82,14 @@ def test_valid_config_gives_typed_stage_specs(tmp_path, registry):
     assert config.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert config.stages == (
         StageSpec(0, "source.files", "input",
-                  {"paths": [str(base / "data" / "*.laz"), "/srv/scans/extra.ply"], "chunk_size": 1_000_000},
+                  {"paths": [str(base / "data" / "*.laz"), "/srv/scans/extra.ply"], "chunk_size": 1_000_000, "columns": None},
                   line=3),
         StageSpec(1, "transform.matrix", "align",
                   {"matrix": [[1, 0, 0, 10], [0, 1, 0, 20], [0, 0, 1, 30], [0, 0, 0, 1]],
                    "layout": None, "file": None, "invert": False},
                   line=6),
-        StageSpec(2, "sink.las", "laz", {"path": str(base.parent / "out" / "{name}.laz")}, line=13),
-        StageSpec(3, "sink.ply", None, {"path": "/abs/out/{id}.ply", "ascii": True}, line=16),
+        StageSpec(2, "sink.las", "laz", {"path": str(base.parent / "out" / "{name}.laz"), **LAS_DEFAULTS}, line=13),
+        StageSpec(3, "sink.ply", None, {**PLY_DEFAULTS, "path": "/abs/out/{id}.ply", "ascii": True}, line=16),
     )
     assert config.source is config.stages[0]
     assert config.transforms == (config.stages[1],)
@@ -104,7 +107,7 @@ def test_stage_options_are_read_only_and_public_without_secrets(tmp_path, regist
     with pytest.raises(TypeError):
         spec.options["ascii"] = False
     assert spec.secrets == frozenset()
-    assert spec.public_options() == {"path": "/abs/out/{id}.ply", "ascii": True}
+    assert spec.public_options() == {**PLY_DEFAULTS, "path": "/abs/out/{id}.ply", "ascii": True}
 
 
 def test_relative_paths_resolve_against_the_config_folder_not_the_working_directory(tmp_path, registry,
@@ -197,8 +200,8 @@ def test_unknown_option_suggests_the_closest(tmp_path, registry):
         """)
 
     assert problems(path, registry) == [
-        f"{path}:8: stages[1] (sink.ply, tag ply) > asci: unknown option; did you mean 'ascii'? (options: path, ascii)",
-        f"{path}:9: stages[1] (sink.ply, tag ply) > colour: unknown option (options: path, ascii)",
+        f"{path}:8: stages[1] (sink.ply, tag ply) > asci: unknown option; did you mean 'ascii'? (options: path, ascii, offset, colors, merge)",
+        f"{path}:9: stages[1] (sink.ply, tag ply) > colour: unknown option; did you mean 'colors'? (options: path, ascii, offset, colors, merge)",
     ]
 
 
@@ -215,7 +218,7 @@ def test_misspelt_required_option_is_unknown_and_missing(tmp_path, registry):
 
     assert problems(path, registry) == [
         f"{path}:5: stages[0] (source.files, tag input) > pathz: unknown option; did you mean 'paths'? "
-        "(options: chunk_size, paths)",
+        "(options: chunk_size, paths, columns)",
         f"{path}:3: stages[0] (source.files, tag input): missing required option 'paths' "
         "(files or glob patterns, e.g. data/*.laz)",
     ]
@@ -684,7 +687,7 @@ def test_validation_collects_every_problem(tmp_path, registry):
         f"did you mean 'transform.matrix'? {KNOWN}",
         f"{path}:11: stages[3] (sink.las) > path: expected a path ending in .las or .laz",
         f"{path}:15: stages[4] (sink.ply, tag ply) > ascii: expected true or false, got a string 'yes please'",
-        f"{path}:16: stages[4] (sink.ply, tag ply) > compress: unknown option (options: path, ascii)",
+        f"{path}:16: stages[4] (sink.ply, tag ply) > compress: unknown option (options: path, ascii, offset, colors, merge)",
     ]
 
 
@@ -710,9 +713,9 @@ def test_environment_variables_and_defaults(tmp_path, registry):
 
     assert config.stages[0].options == {
         "paths": [str(base / "scans" / "*.laz"), str(base / "extra" / "x.ply"), str(base / "cost$5" / "scans.las")],
-        "chunk_size": 5000,
+        "chunk_size": 5000, "columns": None,
     }
-    assert config.stages[1].options == {"path": str(base / "out" / "{name}.las")}
+    assert config.stages[1].options == {"path": str(base / "out" / "{name}.las"), **LAS_DEFAULTS}
 
 
 def test_environment_variables_override_defaults(tmp_path, registry):
@@ -721,8 +724,8 @@ def test_environment_variables_override_defaults(tmp_path, registry):
     config = load(path, registry, environ={"DATA": "/data", "CHUNK": "7", "EXTRA": "/more", "OUT": "/results"})
 
     assert config.stages[0].options == {"paths": ["/data/*.laz", "/more/x.ply", str(tmp_path.resolve() / "cost$5" / "data.las")],
-                                        "chunk_size": 7}
-    assert config.stages[1].options == {"path": "/results/{name}.las"}
+                                        "chunk_size": 7, "columns": None}
+    assert config.stages[1].options == {"path": "/results/{name}.las", **LAS_DEFAULTS}
 
 
 def test_environment_defaults_to_os_environ(tmp_path, registry, monkeypatch):
@@ -787,8 +790,8 @@ def test_overrides_are_read_as_yaml(tmp_path, registry):
     config = load(path, registry, overrides=["input.paths=[b.laz, 'c d.laz']", "input.chunk_size=42",
                                              "las.path=/abs/{id}.laz"])
 
-    assert config.stages[0].options == {"paths": [str(base / "b.laz"), str(base / "c d.laz")], "chunk_size": 42}
-    assert config.stages[1].options == {"path": "/abs/{id}.laz"}
+    assert config.stages[0].options == {"paths": [str(base / "b.laz"), str(base / "c d.laz")], "chunk_size": 42, "columns": None}
+    assert config.stages[1].options == {"path": "/abs/{id}.laz", **LAS_DEFAULTS}
 
 
 def test_override_objects_are_accepted(tmp_path, registry):
@@ -817,7 +820,7 @@ def test_bad_override_value_is_a_config_problem(tmp_path, registry):
         f"{path}:5: stages[0] (source.files, tag input) > paths (from --set): [0]: expected a path, got a string ''",
         f"{path}: stages[0] (source.files, tag input) > chunk_size (from --set): expected an integer, got a string 'abc'",
         f"{path}: stages[0] (source.files, tag input) > chunk_sz (from --set): unknown option; "
-        "did you mean 'chunk_size'? (options: chunk_size, paths)",
+        "did you mean 'chunk_size'? (options: chunk_size, paths, columns)",
     ]
 
 
@@ -962,7 +965,7 @@ def test_demo_config(registry):
     assert [(spec.type, spec.tag) for spec in config.stages] == [
         ("source.files", "input"), ("transform.matrix", "to_survey"),
         ("sink.las", "las"), ("sink.las", "laz"), ("sink.ply", "ply")]
-    assert config.stages[0].options == {"paths": [str(data / "*.laz"), str(data / "*.ply")], "chunk_size": 1_000_000}
+    assert config.stages[0].options == {"paths": [str(data / "*.laz"), str(data / "*.ply")], "chunk_size": 1_000_000, "columns": None}
     assert [spec.options["path"] for spec in config.sinks] == [
         str(REPO / "out" / "{name}.las"), str(REPO / "out" / "{name}.laz"), str(REPO / "out" / "{name}.ply")]
     assert isinstance(config.source, StageSpec)
