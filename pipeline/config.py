@@ -333,7 +333,7 @@ class _Validator:
     def _check_templates(self, stages):
         if stages[0].kind != "source":
             return
-        known = set(self.registry.get(stages[0].type).template_fields)
+        known = set(self.registry.get(stages[0].type).template_fields_for(stages[0].options))
         for spec in stages:
             cls = self.registry.get(spec.type)
             for option in cls.options:

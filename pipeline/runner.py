@@ -218,7 +218,10 @@ class Runner:
         self.merged_outputs = []
 
     def plan(self) -> Plan:
-        return make_plan(self.stages)
+        plan = make_plan(self.stages)
+        for transform in self.stages.transforms:
+            transform.prepare(plan.items)
+        return plan
 
     def run(self, plan: Plan) -> list:
         """Processes every item; on success renames all outputs into place, on any failure removes them."""

@@ -39,6 +39,11 @@ class Source(Stage):
     options = (Option("chunk_size", integer(minimum=1), "points per chunk", default=1_000_000),)
     template_fields: ClassVar[tuple] = ("name", "id", "index")
 
+    @classmethod
+    def template_fields_for(cls, options) -> tuple:
+        """The path-template fields this source's items provide with these options."""
+        return cls.template_fields
+
     def items(self) -> list:
         """The items this source will read, in order, without reading their points."""
         raise NotImplementedError
@@ -54,6 +59,10 @@ class Source(Stage):
 
 class Transform(Stage):
     kind = "transform"
+
+    def prepare(self, items: list) -> None:
+        """Called once with every item of the run before any point is read (e.g. to decide something for
+        the whole run, or to refuse an item early). Raise StageError to stop the run."""
 
     def start(self, item: Item, info: StreamInfo) -> "tuple[StreamInfo, ChunkFunction]":
         """Prepares one item: returns the stream info after this stage and the chunk function.

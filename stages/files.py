@@ -146,19 +146,35 @@ class FilesSource(Source):
         Option("columns", list_of(text(), min_length=2), "names of the columns of XYZ/TXT/PTS files "
                "(e.g. [x, y, z, intensity]; _ skips one); default: from a header line or the column count",
                default=None),
+        Option("metadata", path(), "a Cupix pointcloud listing (JSON) describing these files, for "
+               "transform.align; each file is matched to a sub by name, original file name or id", default=None),
     )
     template_fields = ("name", "id", "stem", "index")
 
+    @classmethod
+    def template_fields_for(cls, options):
+        return cls.template_fields + (("group", "sub", "capture") if options.get("metadata") else ())
+
     def items(self):
+        from .cupix_listing import Listing, match_file
+
+        listing = Listing.from_file(self.options["metadata"]) if self.options["metadata"] else None
         items = []
         for index, file_path in enumerate(expand(self.options["paths"])):
             file_format = sniff(file_path)
             if file_format == "zip":
                 zip_member(file_path)  # one point cloud inside, or a clear error now
             stem = Path(file_path).stem
+            fields, metadata = {"stem": stem}, {"format": file_format}
+            if listing is not None:
+                sub = match_file(listing, file_path)
+                group = listing.group_of(sub)
+                capture = listing.capture_of(sub) or (listing.capture_of(group) if group else None)
+                fields.update(sub=sub["id"], group=group["id"] if group else "", capture=capture or "")
+                metadata["cupix"] = {"sub": sub, "group": group, "capture_id": capture}
             items.append(Item(id=stem, name=stem, index=index, location=file_path,
                               point_count=quick_point_count(file_path, file_format),
-                              fields={"stem": stem}, metadata={"format": file_format}))
+                              fields=fields, metadata=metadata))
         return items
 
     def inputs(self, items):

@@ -65,8 +65,9 @@ def split_line(line, delimiter):
 class TextTable:
     """Streams rows of numbers from a text file: comments and count lines skipped, line numbers kept."""
 
-    def __init__(self, path, columns, delimiter, dtype, pts):
+    def __init__(self, path, columns, delimiter, dtype, pts, header=None):
         self.path, self.columns, self.delimiter, self.dtype, self.pts = path, columns, delimiter, dtype, pts
+        self.header = header  # a header line naming the columns, skipped where it stands
 
     def rows(self, handle, chunk_size):
         batch, numbers = [], []
@@ -74,6 +75,9 @@ class TextTable:
         for number, line in enumerate(handle, start=1):
             stripped = line.strip()
             if not stripped or stripped.startswith(("#", "//")):
+                continue
+            if self.header is not None and stripped == self.header:
+                self.header = None
                 continue
             words = split_line(stripped, self.delimiter)
             if self.pts and len(words) == 1 and words[0].isdigit():
@@ -160,7 +164,7 @@ def sniff_layout(path, columns_option):
         raise SourceError(f"{path}: {len(columns)} column names ({' '.join(columns)}) for {width} values per line")
     if len(set(columns) - {SKIP}) != len([c for c in columns if c != SKIP]):
         raise SourceError(f"{path}: repeated column names: {' '.join(columns)}")
-    return pts, columns, delimiter
+    return pts, columns, delimiter, header if header and not header.startswith(("#", "//")) else None
 
 
 def pts_count(path):
@@ -172,14 +176,14 @@ def pts_count(path):
 @contextmanager
 def read_text(path, chunk_size, columns_option=None):
     """Opens a PTS or XYZ/TXT file as a point stream."""
-    pts, columns, delimiter = sniff_layout(path, columns_option)
+    pts, columns, delimiter, header = sniff_layout(path, columns_option)
     try:
         dtype = chunk_dtype(columns)
     except ValueError as error:
         raise SourceError(f"{path}: {error}") from error
     if "z" not in columns:
         log.warning("%s: no z column; z is set to 0", path)
-    table = TextTable(path, columns, delimiter, dtype, pts)
+    table = TextTable(path, columns, delimiter, dtype, pts, header)
     facts = {"text": {"format": "pts" if pts else "xyz", "columns": columns}}
     info = StreamInfo(dtype=dtype, source_format="pts" if pts else "xyz",
                       point_count=pts_count(path) if pts else None, format_facts=facts)

@@ -16,8 +16,11 @@ from pipeline.cli import main
 from tests.conftest import REPO, make_las, write_config
 from tests.plyfile_plain import read_plain_ply
 
-DEMO_MATRIX = np.array([[0.8660254037844387, -0.5, 0.0, 500000.0], [0.5, 0.8660254037844387, 0.0, 4000000.0],
-                        [0.0, 0.0, 1.0, 50.0], [0.0, 0.0, 0.0, 1.0]])
+def demo_world_matrices(folder):
+    """Each demo sub's world matrix, group.tm · sub.tm, from the listing beside the demo data (row-major)."""
+    items = json.loads((folder / "data/capture.json").read_text())["result"]["data"]
+    tm = {i["attributes"]["name"]: np.array(i["attributes"]["meta"]["prop"]["tm"]).reshape(4, 4) for i in items}
+    return {name: tm["cluster 1"] @ matrix for name, matrix in tm.items() if name != "cluster 1"}
 
 
 def cli(*args, cwd=None, timeout=120):
@@ -38,9 +41,10 @@ def test_demo_runs_and_outputs_read_back(demo_copy):
     assert done.stderr.splitlines()[-1].startswith("done: 3 item(s), 60,000 points in, 60,000 out, 9 file(s) written")
     out = demo_copy.parent / "out"
     assert sorted(p.name for p in out.iterdir()) == [f"scan_0{i}.{s}" for i in (1, 2, 3) for s in ("las", "laz", "ply")]
+    world = demo_world_matrices(demo_copy)
     for stem in ("scan_01", "scan_02"):
         original = laspy.read(demo_copy / f"data/{stem}.laz")
-        expected = moved(DEMO_MATRIX, original.x, original.y, original.z)
+        expected = moved(world[f"{stem}.laz"], original.x, original.y, original.z)
         for suffix in ("las", "laz"):
             written = laspy.read(out / f"{stem}.{suffix}")
             for axis, values in zip("xyz", expected):
@@ -61,7 +65,11 @@ def test_demo_runs_and_outputs_read_back(demo_copy):
     assert run["totals"] == {"items": 3, "points_in": 60000, "points_out": 60000, "outputs": 9,
                              "bytes_written": sum(p.stat().st_size for p in out.iterdir())}
     first = run["items"][0]
-    assert first["applied"] == [{"stage": "stages[1] (transform.matrix, tag to_survey)", "matrix": DEMO_MATRIX.tolist()}]
+    step = first["applied"][0]
+    assert step["stage"] == "stages[1] (transform.align, tag align)"
+    assert np.allclose(step["matrix"], world["scan_01.laz"], rtol=0, atol=1e-9)
+    assert step["alignment"]["layout"]["sub.tm"] == "row_major (detected)"
+    assert step["alignment"]["check_world"]["matches"] is True
     for output in first["outputs"]:
         assert output["sha256"] == hashlib.sha256(Path(output["path"]).read_bytes()).hexdigest()
     assert set(run["dependencies"]) >= {"numpy", "laspy", "lazrs", "PyYAML"}
@@ -108,7 +116,7 @@ def test_config_errors_exit_1_with_one_line_each(tmp_path):
     assert done.stderr.splitlines() == [
         f"error: {path}:6: stages[1] (transform.matrix) > matrix: expected 16 numbers, got 15",
         f"error: {path}:8: stages[2] (sink.lass): unknown stage type 'sink.lass'; did you mean 'sink.las'? "
-        "(known: sink.las, sink.ply, source.files, transform.matrix)",
+        "(known: sink.las, sink.ply, source.files, transform.align, transform.matrix)",
     ]
     assert done.stdout == ""
 
@@ -118,7 +126,7 @@ def test_validate_json(demo_copy, tmp_path):
     assert done.returncode == 0
     result = json.loads(done.stdout)
     assert result["valid"] is True and result["errors"] == []
-    assert [s["type"] for s in result["stages"]] == ["source.files", "transform.matrix", "sink.las", "sink.las", "sink.ply"]
+    assert [s["type"] for s in result["stages"]] == ["source.files", "transform.align", "sink.las", "sink.las", "sink.ply"]
     bad = write_config(tmp_path, "version: 2\nstages: []\n")
     done = cli("validate", bad, "--json")
     assert done.returncode == 1
@@ -131,7 +139,7 @@ def test_stages_lists_options_with_types_and_defaults():
     done = cli("stages", "--json")
     assert done.returncode == 0
     stages = {s["type"]: s for s in json.loads(done.stdout)}
-    assert set(stages) == {"source.files", "transform.matrix", "sink.las", "sink.ply"}
+    assert set(stages) == {"source.files", "transform.matrix", "transform.align", "sink.las", "sink.ply"}
     chunk = next(o for o in stages["source.files"]["options"] if o["name"] == "chunk_size")
     assert chunk == {"name": "chunk_size", "type": "integer >= 1", "required": False, "default": 1000000,
                      "doc": "points per chunk"}
@@ -168,7 +176,7 @@ def test_usage_errors_exit_2(demo_copy):
     done = cli("run", demo_copy / "demo.yaml", "--set", "nosuchtag.path=x")
     assert done.returncode == 2
     assert done.stderr == ("pipeline: error: --set nosuchtag.path: no stage has tag 'nosuchtag' "
-                           "(tags: input, las, laz, ply, to_survey)\n")
+                           "(tags: align, input, las, laz, ply)\n")
 
 
 def test_missing_environment_variable_is_named(tmp_path):

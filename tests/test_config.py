@@ -22,7 +22,7 @@ from stages.files import FilesSource
 from stages.las import LasSink
 
 REPO = Path(__file__).resolve().parents[1]
-KNOWN = "(known: sink.las, sink.ply, source.files, transform.matrix)"
+KNOWN = "(known: sink.las, sink.ply, source.files, transform.align, transform.matrix)"
 
 LAS_DEFAULTS = {"version": None, "scale": None, "offset": "auto", "merge": False}
 PLY_DEFAULTS = {"ascii": False, "offset": None, "colors": "auto", "merge": False}
@@ -82,7 +82,7 @@ def test_valid_config_gives_typed_stage_specs(tmp_path, registry):
     assert config.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert config.stages == (
         StageSpec(0, "source.files", "input",
-                  {"paths": [str(base / "data" / "*.laz"), "/srv/scans/extra.ply"], "chunk_size": 1_000_000, "columns": None},
+                  {"paths": [str(base / "data" / "*.laz"), "/srv/scans/extra.ply"], "chunk_size": 1_000_000, "columns": None, "metadata": None},
                   line=3),
         StageSpec(1, "transform.matrix", "align",
                   {"matrix": [[1, 0, 0, 10], [0, 1, 0, 20], [0, 0, 1, 30], [0, 0, 0, 1]],
@@ -218,7 +218,7 @@ def test_misspelt_required_option_is_unknown_and_missing(tmp_path, registry):
 
     assert problems(path, registry) == [
         f"{path}:5: stages[0] (source.files, tag input) > pathz: unknown option; did you mean 'paths'? "
-        "(options: chunk_size, paths, columns)",
+        "(options: chunk_size, paths, columns, metadata)",
         f"{path}:3: stages[0] (source.files, tag input): missing required option 'paths' "
         "(files or glob patterns, e.g. data/*.laz)",
     ]
@@ -684,7 +684,7 @@ def test_validation_collects_every_problem(tmp_path, registry):
         f"{path}:6: stages[0] (source.files, tag input) > chunk_size: expected an integer >= 1, got -5",
         f"{path}:8: stages[1] (transform.matrix) > matrix: expected 16 numbers, got 3",
         f"{path}:9: stages[2] (transform.scale): unknown stage type 'transform.scale'; "
-        f"did you mean 'transform.matrix'? {KNOWN}",
+        f"did you mean 'transform.align'? {KNOWN}",
         f"{path}:11: stages[3] (sink.las) > path: expected a path ending in .las or .laz",
         f"{path}:15: stages[4] (sink.ply, tag ply) > ascii: expected true or false, got a string 'yes please'",
         f"{path}:16: stages[4] (sink.ply, tag ply) > compress: unknown option (options: path, ascii, offset, colors, merge)",
@@ -713,7 +713,7 @@ def test_environment_variables_and_defaults(tmp_path, registry):
 
     assert config.stages[0].options == {
         "paths": [str(base / "scans" / "*.laz"), str(base / "extra" / "x.ply"), str(base / "cost$5" / "scans.las")],
-        "chunk_size": 5000, "columns": None,
+        "chunk_size": 5000, "columns": None, "metadata": None,
     }
     assert config.stages[1].options == {"path": str(base / "out" / "{name}.las"), **LAS_DEFAULTS}
 
@@ -724,7 +724,7 @@ def test_environment_variables_override_defaults(tmp_path, registry):
     config = load(path, registry, environ={"DATA": "/data", "CHUNK": "7", "EXTRA": "/more", "OUT": "/results"})
 
     assert config.stages[0].options == {"paths": ["/data/*.laz", "/more/x.ply", str(tmp_path.resolve() / "cost$5" / "data.las")],
-                                        "chunk_size": 7, "columns": None}
+                                        "chunk_size": 7, "columns": None, "metadata": None}
     assert config.stages[1].options == {"path": "/results/{name}.las", **LAS_DEFAULTS}
 
 
@@ -790,7 +790,7 @@ def test_overrides_are_read_as_yaml(tmp_path, registry):
     config = load(path, registry, overrides=["input.paths=[b.laz, 'c d.laz']", "input.chunk_size=42",
                                              "las.path=/abs/{id}.laz"])
 
-    assert config.stages[0].options == {"paths": [str(base / "b.laz"), str(base / "c d.laz")], "chunk_size": 42, "columns": None}
+    assert config.stages[0].options == {"paths": [str(base / "b.laz"), str(base / "c d.laz")], "chunk_size": 42, "columns": None, "metadata": None}
     assert config.stages[1].options == {"path": "/abs/{id}.laz", **LAS_DEFAULTS}
 
 
@@ -820,7 +820,7 @@ def test_bad_override_value_is_a_config_problem(tmp_path, registry):
         f"{path}:5: stages[0] (source.files, tag input) > paths (from --set): [0]: expected a path, got a string ''",
         f"{path}: stages[0] (source.files, tag input) > chunk_size (from --set): expected an integer, got a string 'abc'",
         f"{path}: stages[0] (source.files, tag input) > chunk_sz (from --set): unknown option; "
-        "did you mean 'chunk_size'? (options: chunk_size, paths, columns)",
+        "did you mean 'chunk_size'? (options: chunk_size, paths, columns, metadata)",
     ]
 
 
@@ -963,9 +963,10 @@ def test_demo_config(registry):
     data = REPO / "sample_configs" / "data"
 
     assert [(spec.type, spec.tag) for spec in config.stages] == [
-        ("source.files", "input"), ("transform.matrix", "to_survey"),
+        ("source.files", "input"), ("transform.align", "align"),
         ("sink.las", "las"), ("sink.las", "laz"), ("sink.ply", "ply")]
-    assert config.stages[0].options == {"paths": [str(data / "*.laz"), str(data / "*.ply")], "chunk_size": 1_000_000, "columns": None}
+    assert config.stages[0].options == {"paths": [str(data / "*.laz"), str(data / "*.ply")], "chunk_size": 1_000_000, "columns": None,
+                                        "metadata": str(data / "capture.json")}
     assert [spec.options["path"] for spec in config.sinks] == [
         str(REPO / "out" / "{name}.las"), str(REPO / "out" / "{name}.laz"), str(REPO / "out" / "{name}.ply")]
     assert isinstance(config.source, StageSpec)

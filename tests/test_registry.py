@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import MissingDependency, PipelineError
 from pipeline.registry import ENTRY_POINT_GROUP, Registry
-from stages.align import MatrixTransform
+from stages.align import AlignTransform, MatrixTransform
 from stages.files import FilesSource
 from stages.las import LasSink
 from stages.ply import PlySink
@@ -20,6 +20,7 @@ BUILT_IN = {
     "sink.las": "stages.las:LasSink",
     "sink.ply": "stages.ply:PlySink",
     "source.files": "stages.files:FilesSource",
+    "transform.align": "stages.align:AlignTransform",
     "transform.matrix": "stages.align:MatrixTransform",
 }
 STAGE_MODULE = '''\
@@ -250,7 +251,7 @@ def test_built_in_stages_come_from_entry_points():
     registry = Registry.from_entry_points()
 
     assert registry.entries() == BUILT_IN
-    assert [registry.get(name) for name in registry.names()] == [LasSink, PlySink, FilesSource, MatrixTransform]
+    assert [registry.get(name) for name in registry.names()] == [LasSink, PlySink, FilesSource, AlignTransform, MatrixTransform]
 
 
 def test_other_group_is_empty():
@@ -268,7 +269,7 @@ def test_plugin_distribution_adds_a_stage(tmp_path, modules):
 
     assert registry.entries() == {**BUILT_IN, "source.demo": f"{module}:DemoSource", "sink.demo": f"{module}:DemoSink"}
     assert registry.names() == ["sink.demo", "sink.las", "sink.ply", "source.demo", "source.files",
-                                "transform.matrix"]
+                                "transform.align", "transform.matrix"]
     assert module not in sys.modules
 
     demo = registry.get("source.demo")
