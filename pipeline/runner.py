@@ -96,9 +96,7 @@ def make_plan(stages: Stages) -> Plan:
 def final_info(stages: Stages, item: Item):
     """What an item's stream will look like after every transform, without reading its points."""
     with stages.source.read(item) as stream:
-        info = stream.info
-        for transform in stages.transforms:
-            info, _ = transform.start(item, info)
+        info, _ = transformed(stages, item, stream.info, stream.chunks)
     return info
 
 
@@ -164,6 +162,15 @@ def _whole_cloud(chunks, function, label, item, info):
     yield function(np.concatenate(parts) if parts else np.zeros(0, info.dtype))
 
 
+def transformed(stages: Stages, item: Item, info, chunks):
+    """The stream info after every transform, and the chunks passed through them (lazily)."""
+    for transform in stages.transforms:
+        info, function = transform.start(item, info)
+        chunks = (_whole_cloud(chunks, function, transform.label, item, info) if transform.whole_cloud
+                  else map(function, chunks))
+    return info, chunks
+
+
 def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda n: None, shared=()) -> ItemResult:
     """Streams one item through every transform into every sink; the staged files are left for the caller.
 
@@ -174,12 +181,7 @@ def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda 
     writers = []
     try:
         with stages.source.read(item) as stream:
-            info = stream.info
-            chunks = _counted(stream.chunks, result, "in")
-            for transform in stages.transforms:
-                info, function = transform.start(item, info)
-                chunks = (_whole_cloud(chunks, function, transform.label, item, info) if transform.whole_cloud
-                          else map(function, chunks))
+            info, chunks = transformed(stages, item, stream.info, _counted(stream.chunks, result, "in"))
             chunks = _counted(chunks, result, "out")
             for sink in stages.sinks:
                 if not is_merging(sink):
@@ -256,6 +258,9 @@ class Runner:
         if self.jobs > 1:
             log.info("a sink merges every item into one file: items are processed one after another")
         info = merged_info([final_info(self.stages, item) for item in plan.items])
+        if info.bounds is None:
+            log.info("merge: some inputs have no bounds in their header; reading them once to choose the offset")
+            info = replace(info, bounds=self._measure_bounds(plan.items))
         item = Item(id="merged", name="merged", index=-1, location="merged items",
                     fields=plan.items[0].fields)
         shared = []
@@ -273,6 +278,18 @@ class Runner:
                                         (label, path, *file_digest(staging.temporary(path)))))
                                for label, path in plan.merged]
         return results
+
+    def _measure_bounds(self, items):
+        """The union of the transformed bounds of every item, by reading them through the transforms."""
+        bounds = None
+        for item in items:
+            result = ItemResult(item)
+            with self.stages.source.read(item) as stream:
+                _, chunks = transformed(self.stages, item, stream.info, stream.chunks)
+                for _ in _counted(chunks, result, "out"):
+                    pass
+            bounds = union_bounds(bounds, result.bounds_out)
+        return bounds
 
     def _run_in_workers(self, plan, staging):
         context = multiprocessing.get_context("fork")

@@ -362,7 +362,7 @@ class LasWriter(Writer):
         if self.writer is None:
             self.open_writer()
         if self.evlrs:
-            self.writer.write_evlrs(self.evlrs)
+            self.writer.write_evlrs(self.laspy.vlrs.vlrlist.VLRList(self.evlrs))
         self.writer.close()
 
     def abort(self):

@@ -220,11 +220,16 @@ class ColourDepth:
     def __init__(self, mode, where):
         self.mode, self.where, self.decided = mode, where, None
 
+    def decide(self, chunk):
+        """Fixes the depth for the item from its first chunk, looking at every colour channel."""
+        if self.decided is None:
+            present = [chunk[c] for c in COLOURS if c in chunk.dtype.names and chunk[c].dtype != np.uint8]
+            high = max((int(v.max(initial=0)) for v in present), default=0)
+            self.decided = self.mode if self.mode != "auto" else ("8bit" if high <= 255 else "16bit")
+
     def convert(self, name, values):
         if values.dtype == np.uint8 or self.mode == "keep":
             return values
-        if self.decided is None:
-            self.decided = self.mode if self.mode != "auto" else ("8bit" if values.max(initial=0) <= 255 else "16bit")
         if self.decided == "16bit":
             return np.round(values.astype(np.float64) / 257).astype(np.uint8)
         if values.max(initial=0) > 255 or values.min(initial=0) < 0:
@@ -303,6 +308,7 @@ class PlyWriter(Writer):
         for name in self.lossy:
             if len(chunk) and np.abs(chunk[name].astype(np.float64)).max() > 2 ** 53:
                 raise SinkError(f"{self.where}: field {name!r} has 64-bit integers that PLY cannot store exactly")
+        self.colours.decide(chunk)
         records = self.flatten(chunk)
         if self.ascii:
             formats = [{"f8": "%.17g", "f4": "%.9g"}.get(code, "%d") for _, code in self.columns]
