@@ -26,6 +26,7 @@ DEFAULT_SCALE = 0.001
 # the smallest legacy point format that holds these optional dimensions
 FORMAT_FOR = {(False, False): 0, (True, False): 1, (False, True): 2, (True, True): 3}
 COLOURS = ("red", "green", "blue")
+WAVEFORM_FORMATS = (4, 5, 9, 10)
 
 
 def laspy_module():
@@ -170,6 +171,9 @@ def read_las(path, chunk_size):
             raise SourceError(f"{path}: cannot read LAS header: {error}") from error
         with reader:
             header = reader.header
+            if header.point_format.id in WAVEFORM_FORMATS:
+                log.warning("%s: point format %d: the wave packet fields are kept, the waveform data itself is not",
+                            path, header.point_format.id)
             dtype = chunk_dtype(header.point_format)
             bounds = None
             if header.point_count:
