@@ -11,6 +11,7 @@ from . import __version__
 from .errors import ConfigError, PipelineError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+COMMAND_GROUP = "cupix_pipeline.commands"
 log = logging.getLogger("pipeline")
 
 
@@ -26,6 +27,7 @@ def build_parser():
     run.add_argument("--jobs", type=int, default=1, metavar="N", help="items processed in parallel (0: one per core)")
     run.add_argument("--report", metavar="FILE", help="write the JSON run report to FILE ('-' for stdout)")
     run.add_argument("--dry-run", action="store_true", help="list the items and the files they would give, then stop")
+    run.add_argument("--refresh", action="store_true", help="ignore the source's download cache")
     noise = run.add_mutually_exclusive_group()
     noise.add_argument("-q", "--quiet", action="store_true", help="no progress, only warnings and errors")
     noise.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -39,13 +41,36 @@ def build_parser():
     stages = commands.add_parser("stages", help="list the available stages and their options")
     stages.add_argument("--json", action="store_true")
     stages.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
+
+    for name in plugin_commands():
+        plugin = commands.add_parser(name, help=f"{name} commands from an installed plugin "
+                                     f"(pipeline {name} --help)", add_help=False)
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
+def plugin_commands():
+    """Commands that installed packages add through the `cupix_pipeline.commands` entry points."""
+    from importlib.metadata import entry_points
+
+    return {entry.name: entry for entry in entry_points(group=COMMAND_GROUP)}
+
+
+def run_plugin(args):
+    entry = plugin_commands()[args.command]
     try:
-        args = parser.parse_args(argv)
+        command = entry.load()
+    except ImportError as error:
+        raise PipelineError(f"the {args.command!r} command cannot be loaded: {error}") from error
+    return command([a for a in args.arguments if a != "--debug"])
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv and argv[0] in plugin_commands():  # a plugin parses its own arguments, --help included
+            args = argparse.Namespace(command=argv[0], arguments=argv[1:], debug="--debug" in argv)
+        else:
+            args = build_parser().parse_args(argv)
     except SystemExit as exit:
         return int(exit.code or 0)
     configure_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
@@ -57,7 +82,7 @@ def main(argv=None) -> int:
 
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS.get(args.command, run_plugin)(args)
     except BaseException as error:
         # Ctrl-C may surface as another exception, e.g. raised inside a compressor's write callback
         if interrupted or isinstance(error, KeyboardInterrupt):
@@ -113,7 +138,8 @@ def command_run(args):
     from .runner import Runner, cpu_count
 
     registry = load_registry()
-    config = config_module.load(args.config, registry, overrides=args.overrides)
+    config = config_module.load(args.config, registry, overrides=args.overrides,
+                                source_options={"refresh": True} if args.refresh else None)
     if args.jobs < 0:
         raise UsageError(f"--jobs {args.jobs}: expected 0 (one per core) or more")
     jobs = args.jobs or cpu_count()

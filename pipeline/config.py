@@ -169,7 +169,7 @@ def breadcrumb(where):
     return text
 
 
-def load(path, registry, overrides=(), environ=None, display=None) -> Config:
+def load(path, registry, overrides=(), environ=None, display=None, source_options=None) -> Config:
     """Reads and validates a config file; raises ConfigError listing every problem found."""
     path = Path(path)
     display = display or str(path)
@@ -191,7 +191,8 @@ def load(path, registry, overrides=(), environ=None, display=None) -> Config:
     if located.problems:  # YAML and environment problems first: option checks would only echo them
         raise ConfigError(located.problems)
     validator = _Validator(display, path.resolve().parent, registry, located.lines, located.problems)
-    stages = validator.validate(document, [Override.parse(o) if isinstance(o, str) else o for o in overrides])
+    stages = validator.validate(document, [Override.parse(o) if isinstance(o, str) else o for o in overrides],
+                                source_options or {})
     if validator.problems:
         raise ConfigError(validator.problems)
     return Config(path=path, sha256=hashlib.sha256(raw).hexdigest(), stages=tuple(stages))
@@ -211,7 +212,7 @@ class _Validator:
         crumbs = breadcrumb(where) if crumbs is None else crumbs
         self.problems.append(f"{location}: {crumbs + ': ' if crumbs else ''}{message}")
 
-    def validate(self, document, overrides):
+    def validate(self, document, overrides, source_options):
         if not isinstance(document, dict):
             self.problem((), "expected a mapping with 'version' and 'stages'")
             return []
@@ -229,6 +230,7 @@ class _Validator:
             self.problem(("stages",) if "stages" in document else (), "expected a non-empty list of stages", crumbs="")
             return []
         self._apply_overrides(raw_stages, overrides)
+        self._apply_source_options(raw_stages, source_options)
         stages = [spec for index, raw in enumerate(raw_stages)
                   if (spec := self._stage(index, raw)) is not None]
         if len(stages) == len(raw_stages):
@@ -246,6 +248,18 @@ class _Validator:
                 raise UsageError(f"--set {override.tag}.{override.option}: the stage's {override.option} cannot be set")
             tags[override.tag][override.option] = override.value
             tags[override.tag].setdefault("<set>", set()).add(override.option)
+
+    def _apply_source_options(self, raw_stages, source_options):
+        """Options the command line gives the source (`--refresh`), refused by a source without them."""
+        first = raw_stages[0]
+        if not source_options or not isinstance(first, dict) or first.get("type") not in self.registry:
+            return
+        declared = {o.name for o in self.registry.get(first["type"]).options}
+        for name, value in source_options.items():
+            if name not in declared:
+                raise UsageError(f"--{name}: {first['type']} has no {name} option")
+            first[name] = value
+            first.setdefault("<set>", set()).add(name)
 
     def _stage(self, index, raw):
         where = ("stages", index)
@@ -295,6 +309,8 @@ class _Validator:
                 if option.required:
                     self.problem(where, f"missing required option {option.name!r} ({option.doc})", crumbs=label,
                                  line_of=where)
+                elif option.kind.is_path and isinstance(option.default, str):
+                    converted[option.name] = option.kind(option.default, self.context)
                 else:
                     converted[option.name] = option.default
         if len(self.problems) == before:

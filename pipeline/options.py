@@ -39,10 +39,12 @@ class Option:
 class Kind:
     """A named check: `describe` is what `pipeline stages` shows."""
 
-    def __init__(self, describe: str, check: Callable[[Any, OptionContext], Any], is_template=False):
+    def __init__(self, describe: str, check: Callable[[Any, OptionContext], Any], is_template=False,
+                 is_path=False):
         self.describe = describe
         self._check = check
         self.is_template = is_template
+        self.is_path = is_path or is_template  # a default given as text is resolved like a written value
 
     def __call__(self, value, context):
         return self._check(value, context)
@@ -142,7 +144,7 @@ def path():
         if not isinstance(value, str) or not value:
             raise OptionError(f"expected a path, got {_type_name(value)} {shown(value)}")
         return os.path.normpath(context.base_dir / Path(value).expanduser())
-    return Kind("path", check)
+    return Kind("path", check, is_path=True)
 
 
 def template_fields(value):

@@ -231,6 +231,8 @@ class Runner:
         total_points = sum(i.point_count for i in plan.items) if all(i.point_count is not None for i in plan.items) else None
         self.progress.start(len(plan.items), total_points)
         try:
+            if plan.merged or self.jobs == 1 or len(plan.items) <= 1:
+                self.stages.source.prefetch(plan.items)
             if plan.merged:
                 results = self._run_merging(plan, staging)
             elif self.jobs == 1 or len(plan.items) <= 1:
@@ -242,6 +244,7 @@ class Runner:
             staging.discard(plan.all_targets())
             raise
         finally:
+            self.stages.source.close()
             self.progress.finish()
         return sorted(results, key=lambda r: r.item.index)
 

@@ -56,6 +56,13 @@ class Source(Stage):
         """Local files the source reads, so that no sink overwrites one."""
         return []
 
+    def prefetch(self, items: list) -> None:
+        """Called before items are read one after another in this process: a source may start fetching
+        them in the background (a download), so that reading one overlaps fetching the next."""
+
+    def close(self) -> None:
+        """Releases what the source holds (threads, connections) at the end of a run."""
+
 
 class Transform(Stage):
     kind = "transform"

@@ -11,6 +11,7 @@ import pytest
 from pipeline.errors import MissingDependency, PipelineError
 from pipeline.registry import ENTRY_POINT_GROUP, Registry
 from stages.align import AlignTransform, MatrixTransform
+from stages.cupix.source import CupixSource
 from stages.files import FilesSource
 from stages.las import LasSink
 from stages.ply import PlySink
@@ -19,6 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 BUILT_IN = {
     "sink.las": "stages.las:LasSink",
     "sink.ply": "stages.ply:PlySink",
+    "source.cupix": "stages.cupix.source:CupixSource",
     "source.files": "stages.files:FilesSource",
     "transform.align": "stages.align:AlignTransform",
     "transform.matrix": "stages.align:MatrixTransform",
@@ -251,7 +253,7 @@ def test_built_in_stages_come_from_entry_points():
     registry = Registry.from_entry_points()
 
     assert registry.entries() == BUILT_IN
-    assert [registry.get(name) for name in registry.names()] == [LasSink, PlySink, FilesSource, AlignTransform, MatrixTransform]
+    assert [registry.get(name) for name in registry.names()] == [LasSink, PlySink, CupixSource, FilesSource, AlignTransform, MatrixTransform]
 
 
 def test_other_group_is_empty():
@@ -268,7 +270,7 @@ def test_plugin_distribution_adds_a_stage(tmp_path, modules):
     registry = Registry.from_entry_points()
 
     assert registry.entries() == {**BUILT_IN, "source.demo": f"{module}:DemoSource", "sink.demo": f"{module}:DemoSink"}
-    assert registry.names() == ["sink.demo", "sink.las", "sink.ply", "source.demo", "source.files",
+    assert registry.names() == ["sink.demo", "sink.las", "sink.ply", "source.cupix", "source.demo", "source.files",
                                 "transform.align", "transform.matrix"]
     assert module not in sys.modules
 

@@ -1,0 +1,161 @@
+"""A small client for the Cupix REST API: authenticated JSON requests, paging and retries.
+
+The token goes only to the API host, as the X-CUPIX-AUTH header; it never appears in a message, a log
+line or a request to the storage host (download links are followed by hand, see download.py).
+"""
+import logging
+import random
+import time
+from email.utils import parsedate_to_datetime
+
+from pipeline.errors import SourceError
+from pipeline.imports import require
+
+log = logging.getLogger(__name__)
+
+AUTH_HEADER = "X-CUPIX-AUTH"
+POINTCLOUD_FIELDS = ("id,name,state,record,level,parent,kind,meta,cluster,capture,pointcloud_type,created_at,"
+                     "updated_at,mesh_uploaded_at,ply_uploaded_at")
+RETRYABLE = {429, 500, 502, 503, 504}
+PER_PAGE = 100
+MAX_PAGES = 10_000
+
+
+class CupixError(SourceError):
+    """A Cupix request failed; `status` is the last HTTP status, if any."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+def retry_after(response):
+    """Seconds from a Retry-After header (a number or an HTTP date), or None."""
+    value = response.headers.get("Retry-After") if response is not None else None
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class Backoff:
+    """Exponential backoff with jitter, honouring Retry-After; `sleep` is injectable for tests."""
+
+    def __init__(self, base=0.5, cap=30.0, sleep=time.sleep, rng=None):
+        self.base, self.cap, self.sleep = base, cap, sleep
+        self.rng = rng or random.Random()
+
+    def wait(self, attempt, response=None):
+        told = retry_after(response)
+        delay = told if told is not None else min(self.cap, self.base * 2 ** attempt) * self.rng.uniform(0.5, 1.5)
+        self.sleep(min(delay, self.cap * 4))
+
+
+class CupixClient:
+    def __init__(self, base_url, token, timeout=60.0, retries=5, backoff=None, session=None):
+        requests = require("requests", "the Cupix API")
+        self.requests = requests
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff or Backoff()
+        self.session = session or requests.Session()
+        self._token = token
+
+    def __repr__(self):  # never show the token
+        return f"CupixClient({self.base_url!r})"
+
+    def request(self, path, params=None, allow_redirects=True, what=None):
+        """A GET to the API with the token; retried on 429, 5xx, connection errors and timeouts."""
+        url = f"{self.base_url}{path}"
+        what = what or f"GET {path}"
+        last = None
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.backoff.wait(attempt - 1, last if isinstance(last, self.requests.Response) else None)
+            try:
+                response = self.session.get(url, params=params, headers={AUTH_HEADER: self._token},
+                                            timeout=self.timeout, allow_redirects=allow_redirects)
+            except (self.requests.ConnectionError, self.requests.Timeout) as error:
+                last = error
+                log.debug("%s: %s (attempt %d)", what, type(error).__name__, attempt + 1)
+                continue
+            if response.status_code in RETRYABLE:
+                last = response
+                log.debug("%s: HTTP %d (attempt %d)", what, response.status_code, attempt + 1)
+                continue
+            self.raise_for_status(response, what)
+            return response
+        status = last.status_code if isinstance(last, self.requests.Response) else None
+        reason = f"HTTP {status}" if status else type(last).__name__
+        raise CupixError(f"{what} failed after {self.retries + 1} attempts: last {reason}", status)
+
+    def raise_for_status(self, response, what):
+        status = response.status_code
+        if status in (401, 403):
+            raise CupixError(f"Cupix rejected the API token (HTTP {status} for {what}); check the token "
+                             "(e.g. CUPIX_API_KEY)", status)
+        if status == 404:
+            raise CupixError(f"{what}: not found (HTTP 404)", status)
+        if status >= 400:
+            reason = ""
+            try:
+                body = response.json().get("result") or {}
+                reason = body.get("reason") or body.get("message") or ""
+            except (ValueError, AttributeError):
+                pass
+            raise CupixError(f"{what}: HTTP {status}{': ' + str(reason) if reason else ''}", status)
+
+    def get_json(self, path, params=None, what=None):
+        response = self.request(path, params, what=what)
+        try:
+            return response.json()
+        except ValueError as error:
+            raise CupixError(f"{what or 'GET ' + path}: the answer is not JSON") from error
+
+    def paged(self, path, params, what=None):
+        """Every item of a paged listing, following `next_page` until it is null."""
+        page = 1
+        for _ in range(MAX_PAGES):
+            reply = self.get_json(path, {**params, "page": page, "per_page": PER_PAGE}, what=what)
+            result = (reply or {}).get("result") or {}
+            data = result.get("data") or []
+            yield from data
+            pagination = result.get("pagination")
+            if not pagination or not data:
+                return
+            current = pagination.get("current_page") or page
+            total = pagination.get("total_pages")
+            following = pagination.get("next_page")
+            if following is None or (total is not None and current >= total):
+                return
+            page = int(following)
+        raise CupixError(f"{what or 'GET ' + path}: more than {MAX_PAGES} pages")
+
+    def pointclouds(self, **filters):
+        params = {"fields": POINTCLOUD_FIELDS, **{k: v for k, v in filters.items() if v is not None}}
+        return list(self.paged("/pointclouds", params, what="GET /pointclouds"))
+
+    def pointcloud(self, identifier):
+        reply = self.get_json(f"/pointclouds/{identifier}", {"fields": POINTCLOUD_FIELDS},
+                              what=f"GET /pointclouds/{identifier}")
+        data = ((reply or {}).get("result") or {}).get("data")
+        if not isinstance(data, dict):
+            raise CupixError(f"GET /pointclouds/{identifier}: no item in the answer")
+        return data
+
+    def download_location(self, endpoint):
+        """The storage URL that a download endpoint redirects to (the redirect is not followed)."""
+        response = self.request(endpoint, allow_redirects=False, what=f"GET {endpoint}")
+        if response.status_code in (301, 302, 303, 307, 308) and response.headers.get("Location"):
+            return response.headers["Location"]
+        raise CupixError(f"GET {endpoint}: expected a redirect to the file, got HTTP {response.status_code}",
+                         response.status_code)
+
+    def listing(self, path, params, what=None):
+        return list(self.paged(path, params, what=what))

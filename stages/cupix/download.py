@@ -1,0 +1,221 @@
+"""Downloading sub files: the storage link is fetched without the token, streamed to a temporary file,
+resumed with Range where the storage allows it, checked against Content-Length and renamed into place.
+A manifest in the download folder records what is there, so an unchanged sub is not fetched again."""
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from pipeline.model import safe_name
+
+from .client import RETRYABLE, CupixError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+BLOCK = 1 << 20
+
+
+def filename_from_disposition(value):
+    """The file name of a Content-Disposition header (RFC 6266 `filename*=` first, then `filename=`).
+
+    >>> filename_from_disposition("attachment; filename*=UTF-8''scan%2001.laz; filename=\\"x.laz\\"")
+    'scan 01.laz'
+    >>> filename_from_disposition('attachment; filename="../../etc/passwd"')
+    '../../etc/passwd'
+    """
+    if not value:
+        return None
+    extended = re.search(r"filename\*\s*=\s*([^']*)'[^']*'([^;]+)", value, re.IGNORECASE)
+    if extended:
+        try:
+            return unquote(extended.group(2).strip().strip('"'), encoding=extended.group(1) or "utf-8")
+        except LookupError:
+            return unquote(extended.group(2).strip().strip('"'))
+    plain = re.search(r'filename\s*=\s*("((?:[^"\\]|\\.)*)"|[^;]+)', value, re.IGNORECASE)
+    if plain:
+        return (plain.group(2) if plain.group(2) is not None else plain.group(1)).strip()
+    return None
+
+
+def local_name(sub_id, disposition, url, original):
+    """`{id}_{name}` with the name from Content-Disposition, the URL path or the original file name,
+    reduced to one safe path component (no separators, no `..`, no control characters).
+
+    >>> local_name("5311", 'attachment; filename="../../etc/passwd"', "https://s/x/y.laz?sig=1", None)
+    '5311_etc_passwd'
+    >>> local_name("5311", None, "https://s/bucket/scan%2001.laz?X-Amz-Signature=abc", None)
+    '5311_scan 01.laz'
+    """
+    candidates = [filename_from_disposition(disposition), unquote(urlsplit(url).path.rsplit("/", 1)[-1]), original]
+    name = next((c for c in candidates if c and c.strip("/. ")), "pointcloud")
+    return f"{safe_name(sub_id)}_{safe_name(name)}"
+
+
+def url_path(url):
+    """A URL without its query string, which holds the storage signature."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"
+
+
+class Cache:
+    """The download folder and its manifest: {"data": [listing items], "files": {id: record}}."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path = self.folder / MANIFEST
+
+    @contextlib.contextmanager
+    def locked(self):
+        with open(self.folder / ".manifest.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield self.read()
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def read(self):
+        try:
+            manifest = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(manifest, dict):
+                manifest.setdefault("data", [])
+                manifest.setdefault("files", {})
+                return manifest
+        except (OSError, ValueError):
+            pass
+        return {"data": [], "files": {}}
+
+    def write(self, manifest):
+        temp = self.path.with_name(f".{MANIFEST}.{os.getpid()}.part")
+        temp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(temp, self.path)
+
+    def cached(self, sub_id, updated_at):
+        """The cached file for a sub, if it was downloaded for the same `updated_at` and has its size."""
+        record = self.read()["files"].get(str(sub_id))
+        if not record or record.get("updated_at") != updated_at:
+            return None
+        path = self.folder / record["file"]
+        return path if path.is_file() and path.stat().st_size == record.get("size") else None
+
+    def record(self, sub_id, entries, file_record):
+        with self.locked() as manifest:
+            old = manifest["files"].get(str(sub_id))
+            if old and old.get("file") != file_record["file"]:
+                with contextlib.suppress(OSError):
+                    (self.folder / old["file"]).unlink()
+            manifest["files"][str(sub_id)] = file_record
+            known = {str((e.get("attributes") or {}).get("id", e.get("id"))): e for e in manifest["data"]}
+            known.update({str((e.get("attributes") or {}).get("id", e.get("id"))): e for e in entries})
+            manifest["data"] = [known[k] for k in sorted(known, key=lambda k: (len(k), k))]
+            self.write(manifest)
+
+
+def sha256_of(path):
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+class Downloader:
+    """Fetches one sub's file; the session used for storage never carries the token."""
+
+    def __init__(self, client, cache, storage_session=None, refresh=False):
+        self.client = client
+        self.cache = cache
+        self.storage = storage_session or client.requests.Session()
+        self.refresh = refresh
+
+    def fetch(self, sub, endpoint, entries):
+        """The local path of a sub's file, downloaded unless the cache already holds it."""
+        sub_id, updated_at = str(sub["id"]), sub.get("updated_at")
+        if not self.refresh:
+            cached = self.cache.cached(sub_id, updated_at)
+            if cached is not None:
+                log.info("pointcloud %s: using the cached %s", sub_id, cached.name)
+                return cached
+        started = time.monotonic()
+        temp = self.cache.folder / f".{safe_name(sub_id)}.download.part"
+        name, url = self.stream_to(temp, sub, endpoint)
+        final = self.cache.folder / name
+        os.replace(temp, final)
+        size = final.stat().st_size
+        self.cache.record(sub_id, entries, {"id": sub_id, "updated_at": updated_at, "size": size,
+                                            "sha256": sha256_of(final), "url_path": url_path(url),
+                                            "file": name, "endpoint": endpoint})
+        seconds = max(time.monotonic() - started, 1e-6)
+        log.info("pointcloud %s: downloaded %s (%.1f MB in %.1f s, %.1f MB/s)", sub_id, name, size / 1e6, seconds,
+                 size / 1e6 / seconds)
+        return final
+
+    def stream_to(self, temp, sub, endpoint):
+        """Streams the storage file into `temp`, resuming and retrying; returns (local name, storage URL)."""
+        requests = self.client.requests
+        sub_id = str(sub["id"])
+        original = ((sub.get("meta") or {}).get("prop") or {}).get("original_file_name")
+        url = self.client.download_location(endpoint)
+        what = f"pointcloud {sub_id} ({sub.get('name')}): storage download from {endpoint}"
+        last = None
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        for attempt in range(self.client.retries + 1):
+            if attempt:
+                self.client.backoff.wait(attempt - 1, last if isinstance(last, requests.Response) else None)
+            have = temp.stat().st_size if temp.exists() else 0
+            headers = {"Range": f"bytes={have}-"} if have else {}
+            try:
+                with self.storage.get(url, headers=headers, stream=True, timeout=self.client.timeout,
+                                      allow_redirects=True) as response:
+                    status = response.status_code
+                    if status in (400, 403):  # most likely an expired link: ask the API for a fresh one
+                        last = response
+                        log.debug("%s: HTTP %d from storage, asking for a fresh link", what, status)
+                        url = self.client.download_location(endpoint)
+                        continue
+                    if status in RETRYABLE:
+                        last = response
+                        continue
+                    if status == 404:
+                        raise CupixError(f"{what}: the storage answered 404 for {url_path(url)}", 404)
+                    if status not in (200, 206):
+                        raise CupixError(f"{what}: HTTP {status} from storage", status)
+                    resumed = status == 206 and self.range_start(response) == have
+                    expected = self.expected_size(response, have if resumed else 0)
+                    with open(temp, "ab" if resumed else "wb") as target:
+                        for block in response.iter_content(BLOCK):
+                            target.write(block)
+                    size = temp.stat().st_size
+                    if expected is not None and size != expected:
+                        last = response
+                        log.debug("%s: got %d of %d bytes (attempt %d)", what, size, expected, attempt + 1)
+                        if size > expected:
+                            temp.unlink()
+                        continue
+                    name = local_name(sub_id, response.headers.get("Content-Disposition"), url, original)
+                    return name, url
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+                last = error
+                log.debug("%s: %s (attempt %d)", what, type(error).__name__, attempt + 1)
+        status = last.status_code if isinstance(last, requests.Response) else None
+        reason = f"HTTP {status}" if status else type(last).__name__
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+        raise CupixError(f"{what} failed after {self.client.retries + 1} attempts: last {reason}", status)
+
+    @staticmethod
+    def range_start(response):
+        match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
+        return int(match.group(1)) if match else None
+
+    @staticmethod
+    def expected_size(response, already):
+        length = response.headers.get("Content-Length")
+        if length is None or not length.isdigit() or response.headers.get("Content-Encoding"):
+            return None
+        return already + int(length)

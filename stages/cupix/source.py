@@ -1,0 +1,201 @@
+"""`source.cupix`: lists a capture's point clouds, keeps the finished subs, and downloads their files."""
+import fnmatch
+import logging
+import os
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+from pipeline.errors import OptionError, SourceError
+from pipeline.model import Item
+from pipeline.options import Kind, Option, boolean, choice, integer, list_of, number, path, shown, text
+from pipeline.stage import Source
+
+from ..cupix_listing import Listing, parent_id
+from .client import Backoff, CupixClient, CupixError
+
+log = logging.getLogger(__name__)
+
+TYPES = ("uploaded", "3d_reconstructed", "all")
+
+
+def identifier():
+    """A Cupix id, written as an integer or a string, kept as text."""
+    def check(value, context):
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip():
+            raise OptionError(f"expected an id, got {shown(value)}")
+        return str(value).strip()
+    return Kind("id", check)
+
+
+def download_endpoint(sub):
+    """The API endpoint that redirects to a sub's file: the upload, or for a 3D reconstruction its PLY."""
+    sub_id, kind = sub["id"], sub.get("pointcloud_type")
+    if kind == "3d_reconstructed":
+        if not sub.get("ply_uploaded_at"):
+            raise SourceError(f"pointcloud {sub_id} ({sub.get('name')}) is a 3D reconstruction without a PLY resource "
+                              "(ply_uploaded_at is empty): its .cpc file is a proprietary format this tool cannot read")
+        return f"/pointclouds/{sub_id}/resources/ply/download"
+    return f"/pointclouds/{sub_id}/download"
+
+
+class CupixSource(Source):
+    """Lists a Cupix capture's point clouds, keeps the finished subs and downloads them (token never logged)."""
+
+    options = Source.options + (
+        Option("base_url", text(), "the API, e.g. https://acme.cupix.works/api/v1"),
+        Option("token", text(), "the personal API token, e.g. ${CUPIX_API_KEY}", secret=True),
+        Option("capture_id", identifier(), "list the point clouds of this capture", default=None),
+        Option("record_id", identifier(), "list the point clouds of this record", default=None),
+        Option("cluster_id", identifier(), "list the point clouds of this cluster", default=None),
+        Option("ids", list_of(identifier(), min_length=1), "these sub ids (fetched one by one, or filtering a "
+               "listing)", default=None),
+        Option("pointcloud_type", choice(*TYPES), "which point clouds", default="all"),
+        Option("names", list_of(text(), min_length=1), "glob filters on sub names, e.g. ['*.las']", default=None),
+        Option("states", list_of(text(), min_length=1), "states to keep", default=["done"]),
+        Option("download_dir", path(), "where files are cached, relative to the config's folder",
+               default=".cupix-cache"),
+        Option("concurrency", integer(minimum=1, maximum=32), "parallel downloads", default=4),
+        Option("timeout", number(minimum=1), "seconds per request", default=60.0),
+        Option("retries", integer(minimum=0, maximum=20), "retries of a failed request", default=5),
+        Option("backoff", number(minimum=0), "seconds before the first retry (doubles each time)", default=0.5),
+        Option("refresh", boolean(), "ignore the cache (the CLI's --refresh sets it)", default=False),
+    )
+    template_fields = ("name", "id", "index", "sub", "group", "capture")
+
+    @classmethod
+    def check(cls, options):
+        if not any(options[k] for k in ("capture_id", "record_id", "cluster_id", "ids")):
+            raise OptionError("give at least one of capture_id, record_id, cluster_id or ids", "capture_id")
+        if not options["base_url"].startswith(("http://", "https://")):
+            raise OptionError(f"expected an http(s) URL, got {options['base_url']!r}", "base_url")
+
+    def __init__(self, options, label=""):
+        super().__init__(options, label)
+        self._entries = []
+        self._forget_connections()
+        me = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: me() and me()._forget_connections())
+
+    def _forget_connections(self):
+        """A worker process must not share the parent's HTTP connections or download threads."""
+        self._client = None
+        self._downloads = {}
+        self._pool = None
+        self._lock = threading.Lock()
+
+    def client(self):
+        if self._client is None:
+            o = self.options
+            self._client = CupixClient(o["base_url"], o["token"], timeout=o["timeout"], retries=o["retries"],
+                                       backoff=Backoff(base=o["backoff"]))
+        return self._client
+
+    def cache(self):
+        from .download import Cache
+
+        return Cache(self.options["download_dir"])
+
+    def list_entries(self):
+        o, client = self.options, self.client()
+        entries = []
+        if o["capture_id"] or o["record_id"] or o["cluster_id"]:
+            entries = client.pointclouds(capture_id=o["capture_id"], record_id=o["record_id"],
+                                         cluster_id=o["cluster_id"], pointcloud_type=o["pointcloud_type"])
+        elif o["ids"]:
+            entries = [client.pointcloud(i) for i in o["ids"]]
+        return entries
+
+    def select(self, listing):
+        """The subs to read, in listing order, with a log line for each point cloud left out."""
+        o = self.options
+        wanted_ids = set(o["ids"] or [])
+        chosen = []
+        for attrs in listing.by_id.values():
+            pid, name = attrs["id"], str(attrs.get("name") or "")
+            if attrs.get("kind") != "sub":
+                log.info("skipping pointcloud %s (%s): a %s, it has no file", pid, name, attrs.get("kind") or "group")
+            elif wanted_ids and pid not in wanted_ids:
+                log.info("skipping pointcloud %s (%s): not in ids", pid, name)
+            elif attrs.get("state") not in o["states"]:
+                log.info("skipping pointcloud %s (%s): state %s", pid, name, attrs.get("state"))
+            elif o["pointcloud_type"] != "all" and attrs.get("pointcloud_type") != o["pointcloud_type"]:
+                log.info("skipping pointcloud %s (%s): type %s", pid, name, attrs.get("pointcloud_type"))
+            elif o["names"] and not any(fnmatch.fnmatch(name, pattern) for pattern in o["names"]):
+                log.info("skipping pointcloud %s (%s): name does not match %s", pid, name, ", ".join(o["names"]))
+            else:
+                chosen.append(attrs)
+        return chosen
+
+    def items(self):
+        from ..align import sixteen
+
+        entries = self.list_entries()
+        listing = Listing(entries)
+        subs = self.select(listing)
+        items = []
+        for index, sub in enumerate(subs):
+            group = listing.group_of(sub)
+            group_id = parent_id(sub)
+            if group is None and group_id:
+                try:
+                    fetched = self.client().pointcloud(group_id)
+                except CupixError as error:
+                    raise SourceError(f"pointcloud {sub['id']}: its group {group_id} cannot be fetched: {error}") from error
+                entries.append(fetched)
+                listing = Listing(entries)
+                group = listing.group_of(sub)
+            if group is None:
+                raise SourceError(f"pointcloud {sub['id']}: its group {group_id} was not found")
+            for attrs, kind in ((sub, "sub"), (group, "group")):
+                try:
+                    sixteen(((attrs.get("meta") or {}).get("prop") or {}).get("tm"), "tm")
+                except ValueError:
+                    raise SourceError(f"pointcloud {sub['id']} (group {group['id']}): the {kind}'s meta.prop.tm is "
+                                      "missing or not 16 finite numbers") from None
+            endpoint = download_endpoint(sub)
+            capture = self.options["capture_id"] or listing.capture_of(sub) or listing.capture_of(group) or ""
+            prop = (sub.get("meta") or {}).get("prop") or {}
+            size = prop.get("original_size_in_mb")
+            described = f"{sub.get('pointcloud_type')}{f', {size} MB' if size else ''}"
+            items.append(Item(id=sub["id"], name=str(sub.get("name") or sub["id"]), index=index,
+                              location=f"cupix pointcloud {sub['id']} ({described}) via {endpoint}",
+                              point_count=prop.get("original_point_count"),
+                              fields={"sub": sub["id"], "group": group["id"], "capture": capture},
+                              metadata={"cupix": {"sub": sub, "group": group, "capture_id": capture or None},
+                                        "endpoint": endpoint}))
+        self._entries = [e for e in entries if str((e.get("attributes") or {}).get("id", e.get("id"))) in
+                         {s["id"] for s in subs} | {i.fields["group"] for i in items}]
+        return items
+
+    def prefetch(self, items):
+        """Starts downloading every item, `concurrency` at a time; `read` waits for its own."""
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.options["concurrency"], thread_name_prefix="cupix-download")
+                for item in items:
+                    self._downloads[item.index] = self._pool.submit(self._fetch, item)
+
+    def _fetch(self, item):
+        from .download import Downloader
+
+        downloader = Downloader(self.client(), self.cache(), refresh=self.options["refresh"])
+        return downloader.fetch(item.metadata["cupix"]["sub"], item.metadata["endpoint"], self._entries)
+
+    def local_file(self, item):
+        with self._lock:
+            future = self._downloads.get(item.index)
+        return future.result() if future is not None else self._fetch(item)
+
+    @contextmanager
+    def read(self, item):
+        from ..files import read_file
+
+        path = self.local_file(item)
+        with read_file(path, self.options["chunk_size"]) as stream:
+            yield stream
+
+    def close(self):
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
