@@ -112,10 +112,17 @@ class StreamInfo:
 
 @dataclass
 class PointStream:
-    """An opened item: what is known up front, and its chunks."""
+    """An opened item: what is known up front, and its chunks.
+
+    `raw`, when a reader offers it, is the same points as the format's own records (e.g. LAS point
+    records with scaled integer coordinates); a run whose transforms are all affine and whose sinks all
+    accept these records moves them without building chunks (see runner.process_item). Only one of
+    `chunks` and `raw.blocks` is read.
+    """
 
     info: StreamInfo
     chunks: Iterator[Any]
+    raw: Any = None
 
 
 ChunkFunction = Callable[[Any], Any]

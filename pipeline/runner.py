@@ -171,7 +171,8 @@ def transformed(stages: Stages, item: Item, info, chunks):
     return info, chunks
 
 
-def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda n: None, shared=()) -> ItemResult:
+def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda n: None, shared=(),
+                 fast=True) -> ItemResult:
     """Streams one item through every transform into every sink; the staged files are left for the caller.
 
     `shared` holds (writer, dtype) of merging sinks: they receive the chunks but stay open for other items.
@@ -181,6 +182,9 @@ def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda 
     writers = []
     try:
         with stages.source.read(item) as stream:
+            if fast and not shared and _process_raw(stages, item, stream, staging, result, on_points):
+                result.seconds = time.perf_counter() - started
+                return result
             info, chunks = transformed(stages, item, stream.info, _counted(stream.chunks, result, "in"))
             chunks = _counted(chunks, result, "out")
             for sink in stages.sinks:
@@ -203,6 +207,42 @@ def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda 
     return result
 
 
+def _process_raw(stages, item, stream, staging, result, on_points):
+    """The fast path: a reader's raw records go to sinks that write them as they are, with only their
+    coordinates moved (computed exactly as on the plain path, from a chunk of x, y, z). False when the
+    reader, a transform or a sink cannot take part; nothing is then read."""
+    raw = stream.raw
+    if raw is None or not all(t.coordinates_only and not t.whole_cloud for t in stages.transforms):
+        return False
+    current = []
+
+    def coordinates():
+        for block in raw.blocks():
+            current[:] = [block]
+            yield raw.xyz(block)
+
+    info, chunks = transformed(stages, item, stream.info, _counted(coordinates(), result, "in"))
+    writers = []
+    try:
+        for sink in stages.sinks:
+            writer = sink.open_raw(item, info, raw, staging)
+            if writer is None:
+                return False
+            writers.append(writer)
+        for chunk in _counted(chunks, result, "out"):
+            for writer in writers:
+                writer.write_raw(current[0], chunk)
+            on_points(len(chunk))
+        for writer in writers:
+            writer.close()
+        writers = []
+        result.applied = info.applied
+        return True
+    finally:
+        for writer in writers:
+            writer.abort()
+
+
 def _describe_outputs(plan, result, staging):
     for sink_label, path in plan.targets[result.item.index]:
         size, digest = file_digest(staging.temporary(path))
@@ -211,7 +251,8 @@ def _describe_outputs(plan, result, staging):
 
 
 class Runner:
-    def __init__(self, config, registry, jobs=1, progress: Optional[Progress] = None):
+    def __init__(self, config, registry, jobs=1, progress: Optional[Progress] = None, fast_path=True):
+        self.fast_path = fast_path  # False forces the plain chunk path (tests compare the two)
         self.config = config
         self.registry = registry
         self.jobs = max(1, jobs)
@@ -251,7 +292,7 @@ class Runner:
     def _run_here(self, plan, staging, shared=()):
         results = []
         for item in plan.items:
-            result = process_item(self.stages, item, staging, self.progress.advance, shared)
+            result = process_item(self.stages, item, staging, self.progress.advance, shared, self.fast_path)
             results.append(_describe_outputs(plan, result, staging))
             self.progress.item_done()
         return results
@@ -299,7 +340,7 @@ class Runner:
         queue = context.SimpleQueue()
         results = []
         pool = context.Pool(min(self.jobs, len(plan.items)), initializer=_worker_init,
-                            initargs=(self.stages, staging, plan, queue))
+                            initargs=(self.stages, staging, plan, queue, self.fast_path))
         try:
             pending = pool.imap_unordered(_worker_run, plan.items)
             while len(results) < len(plan.items):
@@ -320,13 +361,14 @@ class Runner:
 _worker = {}
 
 
-def _worker_init(stages, staging, plan, queue):
+def _worker_init(stages, staging, plan, queue, fast_path):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    _worker.update(stages=stages, staging=staging, plan=plan, queue=queue)
+    _worker.update(stages=stages, staging=staging, plan=plan, queue=queue, fast_path=fast_path)
 
 
 def _worker_run(item):
-    result = process_item(_worker["stages"], item, _worker["staging"], _worker["queue"].put)
+    result = process_item(_worker["stages"], item, _worker["staging"], _worker["queue"].put,
+                          fast=_worker["fast_path"])
     return _describe_outputs(_worker["plan"], result, _worker["staging"])
 
 

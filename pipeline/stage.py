@@ -66,6 +66,9 @@ class Source(Stage):
 
 class Transform(Stage):
     kind = "transform"
+    # True when the chunk function only changes x, y and z, keeps every point, and works on a chunk that
+    # holds nothing but x, y, z: the runner may then move a reader's raw records (see PointStream.raw)
+    coordinates_only: ClassVar[bool] = False
 
     def prepare(self, items: list) -> None:
         """Called once with every item of the run before any point is read (e.g. to decide something for
@@ -77,6 +80,7 @@ class Transform(Stage):
         The function returns a new chunk and never changes its argument in place.
         """
         raise NotImplementedError
+
 
 
 class Writer:
@@ -103,3 +107,8 @@ class Sink(Stage):
     def open(self, item: Item, info: StreamInfo, staging) -> Writer:
         """Starts writing one item; files are created through `staging.create(final_path)`."""
         raise NotImplementedError
+
+    def open_raw(self, item: Item, info: StreamInfo, raw, staging):
+        """A writer whose `write_raw(block, xyz)` takes a reader's raw records and their moved coordinates
+        (a chunk of x, y, z only), when this sink can write them without building chunks; else None."""
+        return None

@@ -152,6 +152,8 @@ def read_matrix_file(file_name, layout):
 class MatrixTransform(Transform):
     """Applies a 4×4 affine matrix to x, y, z (float64, around the cloud's centre)."""
 
+    coordinates_only = True
+
     options = (
         Option("matrix", anything("4 rows of 4 numbers, or 16 numbers"), "the matrix", default=None),
         Option("layout", choice(*LAYOUTS), "how 16 numbers are stored (required for 16 numbers)", default=None),
@@ -442,6 +444,8 @@ def check_against_wtm(check_world, compose_mode, world, matrices, scale, world_s
 
 class AlignTransform(Transform):
     """Puts every Cupix sub into the world frame: group.tm · diag(scale) · sub.tm by default (see `compose`)."""
+
+    coordinates_only = True
 
     options = (
         Option("layout", choice("auto", *LAYOUTS), "how Cupix stores the 16 numbers (auto: detected per matrix)",

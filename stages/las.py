@@ -19,6 +19,7 @@ from pipeline.stage import Sink, Writer
 
 log = logging.getLogger(__name__)
 
+XYZ_DTYPE = np.dtype([(axis, "f8") for axis in XYZ])
 HEADER_MIN_SIZE = 227
 VLR_HEADER_SIZE = 54
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
@@ -148,12 +149,44 @@ def chunk_dtype(point_format):
     return np.dtype(fields)
 
 
+def scaled(records, scales, offsets, dtype=None):
+    """Real-world x, y, z of raw point records, computed one way for every path: X * scale + offset."""
+    chunk = np.empty(len(records), dtype if dtype is not None else XYZ_DTYPE)
+    for axis, name, scale, offset in zip(XYZ, ("X", "Y", "Z"), scales, offsets):
+        np.multiply(records[name], scale, out=chunk[axis], dtype=np.float64)
+        chunk[axis] += offset
+    return chunk
+
+
 def to_chunk(points, dtype):
-    chunk = np.empty(len(points), dtype)
-    chunk["x"], chunk["y"], chunk["z"] = points.x, points.y, points.z
+    chunk = scaled(points.array, points.scales, points.offsets, dtype)
     for name in dtype.names[3:]:
         chunk[name] = points[name]
     return chunk
+
+
+class RawRecords:
+    """The LAS point records of a file, as they are stored: what `PointStream.raw` offers."""
+
+    kind = "las"
+
+    def __init__(self, reader, header, chunk_size, path):
+        self.reader, self.header, self.chunk_size, self.path = reader, header, chunk_size, path
+        self.dtype = header.point_format.dtype()
+
+    def blocks(self):
+        remaining = self.header.point_count
+        try:
+            for points in self.reader.chunk_iterator(self.chunk_size):
+                remaining -= len(points)
+                yield points.array
+        except Exception as error:
+            raise SourceError(f"{self.path}: cannot read points: {error}") from error
+        if remaining > 0:
+            raise SourceError(f"{self.path}: file ends {remaining} points early")
+
+    def xyz(self, block):
+        return scaled(block, self.header.scales, self.header.offsets)
 
 
 @contextmanager
@@ -194,7 +227,7 @@ def read_las(path, chunk_size):
                 if remaining > 0:
                     raise SourceError(f"{path}: file ends {remaining} points early")
 
-            yield PointStream(info, chunks())
+            yield PointStream(info, chunks(), raw=RawRecords(reader, header, chunk_size, path))
     finally:
         source.close()
 
@@ -250,6 +283,7 @@ class LasWriter(Writer):
         self.header = self.make_header(info)
         self.evlrs = self.kept_evlrs(info)
         self.writer = None
+        self.buffer = None  # reused by write_raw, so that big chunks do not fault in fresh pages each time
         self.offsets_fixed = self.header_offsets_known(info)
 
     def make_header(self, info):
@@ -333,21 +367,48 @@ class LasWriter(Writer):
         except Exception as error:
             raise SinkError(f"{self.where}: cannot write {self.temp.name}: {error}") from error
 
-    def integers(self, chunk, axis, index):
+    def integers(self, chunk, axis, index, out):
+        """The stored integers of one axis, written into `out`, refusing values that do not fit int32."""
         scale, offset = self.header.scales[index], self.header.offsets[index]
-        values = np.round((chunk[axis] - offset) / scale)
-        if len(values) and (values.min() < INT32_MIN or values.max() > INT32_MAX or not np.isfinite(values).all()):
+        values = np.subtract(chunk[axis], offset)
+        np.divide(values, scale, out=values)
+        np.round(values, out=values)
+        low, high = values.min(), values.max()
+        if not (INT32_MIN <= low and high <= INT32_MAX):  # also false for NaN
             raise SinkError(f"{self.where}: {axis} values {chunk[axis].min()}..{chunk[axis].max()} do not fit LAS "
                             f"32-bit integers with scale {scale:g} and offset {offset:g}")
-        return values.astype(np.int32)
+        out[...] = values
+        return int(low), int(high)
+
+    def append(self, records, chunk):
+        """Stores the coordinates of `chunk` in `records` and writes them, keeping the header's bounds,
+        counts and statistics up to date (what laspy's write_points does, without its sort per chunk)."""
+        header = self.writer.header
+        if header.max_point_count() - header.point_count < len(records):
+            raise SinkError(f"{self.where}: more points than a LAS {header.version} file can hold")
+        for index, (axis, field) in enumerate(zip(XYZ, "XYZ")):
+            low, high = self.integers(chunk, axis, index, records[field])
+            scale, offset = header.scales[index], header.offsets[index]
+            setattr(header, f"{axis}_min", min(getattr(header, f"{axis}_min"), low * scale + offset))
+            setattr(header, f"{axis}_max", max(getattr(header, f"{axis}_max"), high * scale + offset))
+        points = self.laspy.PackedPointRecord(records, header.point_format)
+        by_return = header.number_of_points_by_return
+        counts = np.bincount(np.asarray(points.return_number), minlength=16)
+        by_return[:] += counts[1:len(by_return) + 1].astype(by_return.dtype)
+        header.point_count += len(records)
+        extra_bytes = header.vlrs.get("ExtraBytesVlr")
+        if extra_bytes:
+            extra_bytes[0].grow(points)
+        self.writer.point_writer.write_points(points)
 
     def write(self, chunk):
         if self.writer is None:
             self.open_writer(chunk)
         if not len(chunk):
             return
-        record = self.laspy.ScaleAwarePointRecord.zeros(len(chunk), header=self.header)
-        record.X, record.Y, record.Z = (self.integers(chunk, a, i) for i, a in enumerate(XYZ))
+        records = np.zeros(len(chunk), self.header.point_format.dtype())
+        record = self.laspy.ScaleAwarePointRecord(records, self.header.point_format, self.header.scales,
+                                                  self.header.offsets)  # scaled extra dims take real values
         formats = {d.name: d for d in self.header.point_format.dimensions}
         for name in chunk.dtype.names[3:]:
             dimension = formats[name]
@@ -360,7 +421,19 @@ class LasWriter(Writer):
                     raise SinkError(f"{self.where}: field {name!r} has value {values.max()} that does not fit "
                                     f"its {dimension.num_bits} bits")
             record[name] = values
-        self.writer.write_points(record)
+        self.append(records, chunk)
+
+    def write_raw(self, block, xyz):
+        """Writes raw records of the writer's own point format, with their coordinates from `xyz`."""
+        if self.writer is None:
+            self.open_writer(xyz)
+        if not len(block):
+            return
+        if self.buffer is None or len(self.buffer) < len(block):
+            self.buffer = np.empty(len(block), block.dtype)
+        records = self.buffer[:len(block)]
+        np.copyto(records, block)
+        self.append(records, xyz)
 
     def close(self):
         if self.writer is None:
@@ -399,3 +472,13 @@ class LasSink(Sink):
     def open(self, item, info, staging):
         final = self.targets(item)[0]
         return LasWriter(self, item, info, staging.create(final), final.suffix.lower() == ".laz")
+
+    def open_raw(self, item, info, raw, staging):
+        """The fast path: the input's own LAS records, written as they are but for X, Y, Z."""
+        if getattr(raw, "kind", None) != "las":
+            return None
+        writer = self.open(item, info, staging)
+        if writer.header.point_format.dtype() != raw.dtype:
+            writer.abort()
+            return None
+        return writer

@@ -1,0 +1,85 @@
+"""The raw-record fast path writes exactly what the plain chunk path writes."""
+import laspy
+import numpy as np
+import pytest
+
+from pipeline import config
+from pipeline.runner import Runner
+from tests.conftest import CONFORMANCE, make_las, write_config
+
+LAS_FILES = sorted(p.relative_to(CONFORMANCE).as_posix() for p in CONFORMANCE.glob("la[sz]/*.la[sz]")) + \
+    ["bad/bad_vlr_count.las", "bad/garbage_nVariableLength.las"]
+MOVE = "[[0.8660254037844387, -0.5, 0, 350000.125], [0.5, 0.8660254037844387, 0, 4000000.5], [0, 0, 1, 12], [0, 0, 0, 1]]"
+
+
+def run_both(tmp_path, registry, source, chunk_size=1000):
+    outputs = {}
+    for fast in (True, False):
+        folder = tmp_path / ("fast" if fast else "plain")
+        folder.mkdir()
+        path = write_config(folder, f"""
+            version: 1
+            stages:
+              - type: source.files
+                paths: ["{source}"]
+                chunk_size: {chunk_size}
+              - type: transform.matrix
+                matrix: {MOVE}
+              - type: sink.las
+                path: out/{{name}}.las
+              - type: sink.las
+                path: out/{{name}}.laz
+        """)
+        cfg = config.load(path, registry)
+        runner = Runner(cfg, registry, fast_path=fast)
+        results = runner.run(runner.plan())
+        outputs[fast] = (folder / "out", results)
+    return outputs
+
+
+def assert_same(outputs, stem):
+    (fast, fast_results), (plain, plain_results) = outputs[True], outputs[False]
+    for suffix in (".las", ".laz"):
+        a, b = laspy.read(fast / f"{stem}{suffix}"), laspy.read(plain / f"{stem}{suffix}")
+        assert a.points.array.tobytes() == b.points.array.tobytes()
+        assert a.header.mins.tolist() == b.header.mins.tolist() and a.header.maxs.tolist() == b.header.maxs.tolist()
+        assert a.header.offsets.tolist() == b.header.offsets.tolist()
+        assert list(a.header.number_of_points_by_return) == list(b.header.number_of_points_by_return)
+        assert a.header.point_count == b.header.point_count
+    assert fast_results[0].bounds_out == plain_results[0].bounds_out
+    assert fast_results[0].points_out == plain_results[0].points_out
+
+
+@pytest.mark.parametrize("name", LAS_FILES)
+def test_fast_path_equals_plain_path_on_the_corpus(tmp_path, registry, conformance, name):
+    assert_same(run_both(tmp_path, registry, conformance / name), (conformance / name).stem)
+
+
+def test_fast_path_equals_plain_path_on_random_survey_data(tmp_path, registry):
+    rng = np.random.default_rng(11)
+    xyz = np.stack([rng.uniform(0, 2000, 25_000), rng.uniform(0, 2000, 25_000), rng.uniform(0, 80, 25_000)], axis=1)
+    make_las(tmp_path / "random.las", xyz, scale=0.001, point_format=7, version="1.4",
+             intensity=rng.integers(0, 65535, 25_000).astype(np.uint16),
+             return_number=rng.integers(1, 4, 25_000).astype(np.uint8),
+             number_of_returns=np.full(25_000, 3, np.uint8),
+             gps_time=rng.uniform(0, 1e6, 25_000), red=rng.integers(0, 65535, 25_000).astype(np.uint16))
+    outputs = run_both(tmp_path, registry, tmp_path / "random.las", chunk_size=4096)
+    assert_same(outputs, "random")
+
+
+def test_a_ply_sink_takes_the_plain_path_for_the_whole_item(tmp_path, registry, conformance):
+    path = write_config(tmp_path, f"""
+        version: 1
+        stages:
+          - type: source.files
+            paths: ["{conformance / 'las/simple.las'}"]
+          - type: sink.las
+            path: out/{{name}}.las
+          - type: sink.ply
+            path: out/{{name}}.ply
+    """)
+    cfg = config.load(path, registry)
+    runner = Runner(cfg, registry)
+    runner.run(runner.plan())
+    original = laspy.read(conformance / "las/simple.las")
+    assert laspy.read(tmp_path / "out/simple.las").points.array.tobytes() == original.points.array.tobytes()
