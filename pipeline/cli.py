@@ -106,10 +106,11 @@ def report_error(error, debug):
         raise error
     if debug:
         traceback.print_exception(error)
+    first_line = (str(error).strip().splitlines() or [""])[0]  # a library's message may run over lines
     if isinstance(error, PipelineError):
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {first_line}", file=sys.stderr)
     else:  # a bug: still one line unless --debug
-        print(f"error: internal error: {type(error).__name__}: {error} (run with --debug for the traceback)",
+        print(f"error: internal error: {type(error).__name__}: {first_line} (run with --debug for the traceback)",
               file=sys.stderr)
     return EXIT_ERROR
 
@@ -123,6 +124,8 @@ def configure_logging(quiet, verbose):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
+    logging.getLogger("urllib3").setLevel(logging.WARNING)  # its debug lines show signed storage URLs
+    logging.getLogger("laspy").setLevel(logging.CRITICAL)  # its errors reach the user as our one-line errors
 
 
 def load_registry():

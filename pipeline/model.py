@@ -9,6 +9,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Iterator, Mapping, Optional
 
 XYZ = ("x", "y", "z")
+MAX_NAME_BYTES = 150
 
 
 def frozen(mapping):
@@ -25,6 +26,9 @@ def safe_name(name):
     """
     cleaned = re.sub(r"[\x00-\x1f\x7f/\\:]+", "_", str(name))
     cleaned = re.sub(r"\.\.+", "_", cleaned).strip(" ._")
+    encoded = cleaned.encode("utf-8")
+    if len(encoded) > MAX_NAME_BYTES:  # file systems allow 255 bytes; leave room for a suffix and staging
+        cleaned = encoded[:MAX_NAME_BYTES].decode("utf-8", errors="ignore").rstrip(" ._")
     return cleaned or "unnamed"
 
 

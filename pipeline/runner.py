@@ -69,13 +69,15 @@ def make_plan(stages: Stages) -> Plan:
 
     def claim(sink, path, item):
         resolved = Path(path).resolve()
+        if resolved.is_dir():
+            raise PipelineError(f"{sink.label}: output {path} is a folder; choose a file name")
         if resolved in inputs:
             raise PipelineError(f"{sink.label}: output {path} is an input file of this run; choose another path")
         if resolved in owners:
             other_sink, other_item = owners[resolved]
             also = f" (also written by {other_sink})" if other_sink != sink.label else ""
             raise PipelineError(f"{sink.label}: items {other_item.name!r} and {item.name!r} would both write "
-                                f"{path}{also}; add {{id}} or {{index}} to the path template")
+                                f"{path}{also}; add a field that differs between them, such as {{index}}, to the path template")
         owners[resolved] = (sink.label, item)
         return (sink.label, str(path))
 

@@ -9,6 +9,8 @@ import os
 import secrets
 from pathlib import Path
 
+from .errors import PipelineError
+
 
 class Staging:
     def __init__(self, token=None):
@@ -26,7 +28,10 @@ class Staging:
 
     def commit(self, finals):
         for final in finals:
-            os.replace(self.temporary(final), final)
+            try:
+                os.replace(self.temporary(final), final)
+            except OSError as error:
+                raise PipelineError(f"cannot put {final} in place: {error.strerror or error}") from error
 
     def discard(self, finals):
         for final in finals:

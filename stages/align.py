@@ -10,6 +10,8 @@ from pipeline.model import Bounds
 from pipeline.options import Option, anything, boolean, choice, is_number, path, shown
 from pipeline.stage import Transform
 
+from .cupix_listing import meta as prop
+
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("row_major", "column_major")
@@ -339,10 +341,6 @@ class LayoutChooser:
         return found, "detected"
 
 
-def identity_like(values):
-    return values is None or np.allclose(np.array(values, dtype=float).reshape(4, 4), np.eye(4), atol=1e-12)
-
-
 def plan_alignment(entries, layout="auto", compose_mode="group_sub", scale_mode="auto", check_world="warn",
                    extra=None):
     """The world matrix of every sub, and a record of how it was found.
@@ -351,9 +349,6 @@ def plan_alignment(entries, layout="auto", compose_mode="group_sub", scale_mode=
     `meta.prop.tm`, `wtm`, `scale`, `wscale`). Returns (records, notes); a record's `matrix` is the
     float64 4×4 to apply; problems of `check_world` are in `record["check_world"]["problem"]`.
     """
-    def prop(attributes):
-        return ((attributes or {}).get("meta") or {}).get("prop") or {}
-
     def name(kind, attributes):
         return f"pointcloud {attributes.get('id')} ({kind})"
 
@@ -365,7 +360,7 @@ def plan_alignment(entries, layout="auto", compose_mode="group_sub", scale_mode=
             raise ValueError(f"pointcloud {sub.get('id')}: its group {(sub.get('parent') or {}).get('id')} was not found")
         ids = f"sub {sub.get('id')}, group {group.get('id')}"
         values = {}
-        for kind, key in {("group", "tm"), ("sub", "tm"), ("group", "wtm"), ("sub", "wtm")}:
+        for kind, key in (("group", "tm"), ("group", "wtm"), ("sub", "tm"), ("sub", "wtm")):
             attributes = group if kind == "group" else sub
             raw = prop(attributes).get(key)
             if (kind, key) in needed:

@@ -33,6 +33,16 @@ def attributes(entry):
     return attrs
 
 
+def meta(attrs, part="prop"):
+    """`meta.prop` (or another part of `meta`) of an item's attributes, {} when absent."""
+    return ((attrs or {}).get("meta") or {}).get(part) or {}
+
+
+def entry_id(entry):
+    """The id of a listing entry, as text."""
+    return attributes(entry)["id"]
+
+
 def parent_id(attrs):
     parent = attrs.get("parent")
     if isinstance(parent, dict):
@@ -63,6 +73,18 @@ class Listing:
     def group_of(self, sub):
         return self.by_id.get(parent_id(sub) or "")
 
+    def find_groups(self, fetch, subs=None):
+        """Fetches (with `fetch(id) -> entry`) the groups of `subs` (default: all) that the listing lacks;
+        returns the fetched entries."""
+        fetched = []
+        for sub in self.subs() if subs is None else subs:
+            group_id = parent_id(sub)
+            if group_id and group_id not in self.by_id:
+                entry = fetch(group_id)
+                fetched.append(entry)
+                self.by_id[group_id] = attributes(entry)
+        return fetched
+
     def capture_of(self, attrs):
         for key in ("capture_id", "capture"):
             value = attrs.get(key)
@@ -83,7 +105,7 @@ def match_file(listing, file_path):
     found = []
     for sub in listing.subs():
         sub_name = str(sub.get("name") or "")
-        original = str(((sub.get("meta") or {}).get("prop") or {}).get("original_file_name") or "")
+        original = str(meta(sub).get("original_file_name") or "")
         if name in (sub_name, original) or stem in (Path(sub_name).stem, Path(original).stem) \
                 or sub["id"] in tokens(stem):
             found.append(sub)

@@ -90,7 +90,3 @@ def read_e57(path, chunk_size):
 
     yield PointStream(info, chunks())
 
-
-def e57_point_count(path):
-    e57 = open_e57(path)
-    return sum(e57.get_header(i).point_count for i in range(e57.scan_count))

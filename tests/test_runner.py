@@ -88,7 +88,8 @@ def test_two_items_on_one_path_is_refused_before_writing(tmp_path, registry):
     with pytest.raises(PipelineError) as error:
         run(tmp_path, registry, body)
     assert str(error.value) == (f"stages[1] (sink.las): items 'item0' and 'item1' would both write "
-                                f"{tmp_path}/out/all.las; add {{id}} or {{index}} to the path template")
+                                f"{tmp_path}/out/all.las; add a field that differs between them, such as {{index}}, "
+                                "to the path template")
     assert files_under(tmp_path) == ["config.yaml"]
 
 

@@ -70,8 +70,12 @@ class CupixClient:
     def __repr__(self):  # never show the token
         return f"CupixClient({self.base_url!r})"
 
-    def request(self, path, params=None, allow_redirects=True, what=None):
-        """A GET to the API with the token; retried on 429, 5xx, connection errors and timeouts."""
+    def request(self, path, params=None, redirect_expected=False, what=None):
+        """A GET to the API with the token; retried on 429, 5xx, connection errors and timeouts.
+
+        Redirects are never followed, so the token cannot travel to another host; only the download
+        endpoints may answer one (see download_location).
+        """
         url = f"{self.base_url}{path}"
         what = what or f"GET {path}"
         last = None
@@ -80,15 +84,20 @@ class CupixClient:
                 self.backoff.wait(attempt - 1, last if isinstance(last, self.requests.Response) else None)
             try:
                 response = self.session.get(url, params=params, headers={AUTH_HEADER: self._token},
-                                            timeout=self.timeout, allow_redirects=allow_redirects)
+                                            timeout=self.timeout, allow_redirects=False)
             except (self.requests.ConnectionError, self.requests.Timeout) as error:
                 last = error
                 log.debug("%s: %s (attempt %d)", what, type(error).__name__, attempt + 1)
                 continue
+            except self.requests.RequestException as error:  # its text may hold the request's headers
+                raise CupixError(f"{what}: the request could not be made ({type(error).__name__})") from None
             if response.status_code in RETRYABLE:
                 last = response
                 log.debug("%s: HTTP %d (attempt %d)", what, response.status_code, attempt + 1)
                 continue
+            if response.is_redirect and not redirect_expected:
+                raise CupixError(f"{what}: the API answered a redirect (HTTP {response.status_code}), which is not "
+                                 "followed with the token; check base_url", response.status_code)
             self.raise_for_status(response, what)
             return response
         status = last.status_code if isinstance(last, self.requests.Response) else None
@@ -151,7 +160,7 @@ class CupixClient:
 
     def download_location(self, endpoint):
         """The storage URL that a download endpoint redirects to (the redirect is not followed)."""
-        response = self.request(endpoint, allow_redirects=False, what=f"GET {endpoint}")
+        response = self.request(endpoint, redirect_expected=True, what=f"GET {endpoint}")
         if response.status_code in (301, 302, 303, 307, 308) and response.headers.get("Location"):
             return response.headers["Location"]
         raise CupixError(f"GET {endpoint}: expected a redirect to the file, got HTTP {response.status_code}",

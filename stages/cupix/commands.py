@@ -10,7 +10,7 @@ import numpy as np
 from pipeline.errors import PipelineError, UsageError
 
 from ..align import COMPOSES, LAYOUTS, plan_alignment, rotation_angle
-from ..cupix_listing import Listing, attributes, parent_id
+from ..cupix_listing import Listing, attributes, meta, parent_id
 from .client import Backoff, CupixClient
 
 TOKEN_VARIABLE = "CUPIX_API_KEY"
@@ -70,8 +70,7 @@ def table(rows, columns):
 
 
 def pointcloud_row(attrs):
-    prop = (attrs.get("meta") or {}).get("prop") or {}
-    potree = (attrs.get("meta") or {}).get("potree") or {}
+    prop, potree = meta(attrs), meta(attrs, "potree")
     return {"id": attrs["id"], "kind": attrs.get("kind"), "parent": parent_id(attrs), "state": attrs.get("state"),
             "type": attrs.get("pointcloud_type"), "points": prop.get("original_point_count") or potree.get("points"),
             "name": attrs.get("name")}
@@ -102,10 +101,7 @@ def describe_matrix(matrix):
 
 def inspect(client, args):
     listing = Listing(client.pointclouds(capture_id=args.capture))
-    for sub in listing.subs():
-        group_id = parent_id(sub)
-        if group_id and listing.group_of(sub) is None:
-            listing.by_id.setdefault(group_id, attributes(client.pointcloud(group_id)))
+    listing.find_groups(client.pointcloud)
     rows = []
     groups = [a for a in listing.by_id.values() if a.get("kind") == "group"]
     for group in groups:

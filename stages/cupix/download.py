@@ -8,11 +8,14 @@ import json
 import logging
 import os
 import re
+import threading
 import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from pipeline.model import safe_name
+
+from ..cupix_listing import entry_id, meta
 
 from .client import RETRYABLE, CupixError
 
@@ -112,8 +115,8 @@ class Cache:
                 with contextlib.suppress(OSError):
                     (self.folder / old["file"]).unlink()
             manifest["files"][str(sub_id)] = file_record
-            known = {str((e.get("attributes") or {}).get("id", e.get("id"))): e for e in manifest["data"]}
-            known.update({str((e.get("attributes") or {}).get("id", e.get("id"))): e for e in entries})
+            known = {entry_id(e): e for e in manifest["data"]}
+            known.update({entry_id(e): e for e in entries})
             manifest["data"] = [known[k] for k in sorted(known, key=lambda k: (len(k), k))]
             self.write(manifest)
 
@@ -123,14 +126,47 @@ def sha256_of(path):
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+class DownloadProgress:
+    """Bytes, rate and files done across the download threads, logged at most every `interval` seconds."""
+
+    def __init__(self, files, interval=5.0, clock=time.monotonic):
+        self.files, self.interval, self.clock = files, interval, clock
+        self.lock = threading.Lock()
+        self.done = 0
+        self.bytes = 0
+        self.started = self.shown = clock()
+
+    def add(self, count):
+        with self.lock:
+            self.bytes += count
+            if self.clock() - self.shown >= self.interval:
+                self.show()
+
+    def file_done(self):
+        with self.lock:
+            self.done += 1
+            self.show()
+
+    def show(self):
+        self.shown = self.clock()
+        rate = self.bytes / 1e6 / max(self.shown - self.started, 1e-6)
+        log.info("downloads: %d/%d files, %.1f MB, %.1f MB/s", self.done, self.files, self.bytes / 1e6, rate)
+
+
+class Cancelled(CupixError):
+    """The run stopped while a download was under way."""
+
+
 class Downloader:
     """Fetches one sub's file; the session used for storage never carries the token."""
 
-    def __init__(self, client, cache, storage_session=None, refresh=False):
+    def __init__(self, client, cache, storage_session=None, refresh=False, stop=None, progress=None):
         self.client = client
         self.cache = cache
         self.storage = storage_session or client.requests.Session()
         self.refresh = refresh
+        self.stop = stop or threading.Event()
+        self.progress = progress or DownloadProgress(1, interval=float("inf"))
 
     def fetch(self, sub, endpoint, entries):
         """The local path of a sub's file, downloaded unless the cache already holds it."""
@@ -139,6 +175,7 @@ class Downloader:
             cached = self.cache.cached(sub_id, updated_at)
             if cached is not None:
                 log.info("pointcloud %s: using the cached %s", sub_id, cached.name)
+                self.progress.file_done()
                 return cached
         started = time.monotonic()
         temp = self.cache.folder / f".{safe_name(sub_id)}.download.part"
@@ -152,13 +189,14 @@ class Downloader:
         seconds = max(time.monotonic() - started, 1e-6)
         log.info("pointcloud %s: downloaded %s (%.1f MB in %.1f s, %.1f MB/s)", sub_id, name, size / 1e6, seconds,
                  size / 1e6 / seconds)
+        self.progress.file_done()
         return final
 
     def stream_to(self, temp, sub, endpoint):
         """Streams the storage file into `temp`, resuming and retrying; returns (local name, storage URL)."""
         requests = self.client.requests
         sub_id = str(sub["id"])
-        original = ((sub.get("meta") or {}).get("prop") or {}).get("original_file_name")
+        original = meta(sub).get("original_file_name")
         url = self.client.download_location(endpoint)
         what = f"pointcloud {sub_id} ({sub.get('name')}): storage download from {endpoint}"
         last = None
@@ -185,11 +223,18 @@ class Downloader:
                         raise CupixError(f"{what}: the storage answered 404 for {url_path(url)}", 404)
                     if status not in (200, 206):
                         raise CupixError(f"{what}: HTTP {status} from storage", status)
-                    resumed = status == 206 and self.range_start(response) == have
+                    if status == 206 and self.range_start(response) != have:
+                        last = response  # a part we did not ask for: start again from the first byte
+                        temp.unlink(missing_ok=True)
+                        continue
+                    resumed = status == 206
                     expected = self.expected_size(response, have if resumed else 0)
                     with open(temp, "ab" if resumed else "wb") as target:
                         for block in response.iter_content(BLOCK):
+                            if self.stop.is_set():
+                                raise Cancelled(f"{what}: cancelled")
                             target.write(block)
+                            self.progress.add(len(block))
                     size = temp.stat().st_size
                     if expected is not None and size != expected:
                         last = response

@@ -2,6 +2,7 @@
 import fnmatch
 import logging
 import os
+import re
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
@@ -12,12 +13,13 @@ from pipeline.model import Item
 from pipeline.options import Kind, Option, boolean, choice, integer, list_of, number, path, shown, text
 from pipeline.stage import Source
 
-from ..cupix_listing import Listing, parent_id
+from ..cupix_listing import Listing, entry_id, meta, parent_id
 from .client import Backoff, CupixClient, CupixError
 
 log = logging.getLogger(__name__)
 
 TYPES = ("uploaded", "3d_reconstructed", "all")
+TOKEN_PATTERN = re.compile(r"[\x21-\x7e]+")  # printable ASCII: a header value that cannot break a request
 
 
 def identifier():
@@ -66,6 +68,9 @@ class CupixSource(Source):
 
     @classmethod
     def check(cls, options):
+        if not TOKEN_PATTERN.fullmatch(options["token"]):
+            raise OptionError("expected one word without spaces or control characters (not shown: it is a secret)",
+                              "token")
         if not any(options[k] for k in ("capture_id", "record_id", "cluster_id", "ids")):
             raise OptionError("give at least one of capture_id, record_id, cluster_id or ids", "capture_id")
         if not options["base_url"].startswith(("http://", "https://")):
@@ -84,6 +89,8 @@ class CupixSource(Source):
         self._downloads = {}
         self._pool = None
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._progress = None
 
     def client(self):
         if self._client is None:
@@ -134,29 +141,25 @@ class CupixSource(Source):
         entries = self.list_entries()
         listing = Listing(entries)
         subs = self.select(listing)
+        try:
+            entries += listing.find_groups(self.client().pointcloud, subs)
+        except CupixError as error:
+            sub = next(s for s in subs if parent_id(s) not in listing.by_id)
+            raise SourceError(f"pointcloud {sub['id']}: its group {parent_id(sub)} cannot be fetched: {error}") from error
         items = []
         for index, sub in enumerate(subs):
             group = listing.group_of(sub)
-            group_id = parent_id(sub)
-            if group is None and group_id:
-                try:
-                    fetched = self.client().pointcloud(group_id)
-                except CupixError as error:
-                    raise SourceError(f"pointcloud {sub['id']}: its group {group_id} cannot be fetched: {error}") from error
-                entries.append(fetched)
-                listing = Listing(entries)
-                group = listing.group_of(sub)
             if group is None:
-                raise SourceError(f"pointcloud {sub['id']}: its group {group_id} was not found")
+                raise SourceError(f"pointcloud {sub['id']}: its group {parent_id(sub)} was not found")
             for attrs, kind in ((sub, "sub"), (group, "group")):
                 try:
-                    sixteen(((attrs.get("meta") or {}).get("prop") or {}).get("tm"), "tm")
+                    sixteen(meta(attrs).get("tm"), "tm")
                 except ValueError:
                     raise SourceError(f"pointcloud {sub['id']} (group {group['id']}): the {kind}'s meta.prop.tm is "
                                       "missing or not 16 finite numbers") from None
             endpoint = download_endpoint(sub)
             capture = self.options["capture_id"] or listing.capture_of(sub) or listing.capture_of(group) or ""
-            prop = (sub.get("meta") or {}).get("prop") or {}
+            prop = meta(sub)
             size = prop.get("original_size_in_mb")
             described = f"{sub.get('pointcloud_type')}{f', {size} MB' if size else ''}"
             items.append(Item(id=sub["id"], name=str(sub.get("name") or sub["id"]), index=index,
@@ -165,14 +168,17 @@ class CupixSource(Source):
                               fields={"sub": sub["id"], "group": group["id"], "capture": capture},
                               metadata={"cupix": {"sub": sub, "group": group, "capture_id": capture or None},
                                         "endpoint": endpoint}))
-        self._entries = [e for e in entries if str((e.get("attributes") or {}).get("id", e.get("id"))) in
-                         {s["id"] for s in subs} | {i.fields["group"] for i in items}]
+        used = {s["id"] for s in subs} | {item.fields["group"] for item in items}
+        self._entries = [e for e in entries if entry_id(e) in used]
         return items
 
     def prefetch(self, items):
         """Starts downloading every item, `concurrency` at a time; `read` waits for its own."""
+        from .download import DownloadProgress
+
         with self._lock:
             if self._pool is None:
+                self._progress = DownloadProgress(len(items))
                 self._pool = ThreadPoolExecutor(self.options["concurrency"], thread_name_prefix="cupix-download")
                 for item in items:
                     self._downloads[item.index] = self._pool.submit(self._fetch, item)
@@ -180,7 +186,8 @@ class CupixSource(Source):
     def _fetch(self, item):
         from .download import Downloader
 
-        downloader = Downloader(self.client(), self.cache(), refresh=self.options["refresh"])
+        downloader = Downloader(self.client(), self.cache(), refresh=self.options["refresh"], stop=self._stop,
+                                progress=self._progress)
         return downloader.fetch(item.metadata["cupix"]["sub"], item.metadata["endpoint"], self._entries)
 
     def local_file(self, item):
@@ -197,5 +204,7 @@ class CupixSource(Source):
             yield stream
 
     def close(self):
+        """Stops downloads still under way (after a failure or Ctrl-C) and waits for their threads."""
+        self._stop.set()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)

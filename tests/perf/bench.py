@@ -1,0 +1,204 @@
+"""Speed and memory of `pipeline run` against the hand-written laspy script it replaces.
+
+    python tests/perf/bench.py                    # 10 million points, every case
+    python tests/perf/bench.py --points 40000000 --cases las
+    python tests/perf/bench.py --points 2000000 --repeat 1   # a quick look
+
+The input is generated deterministically (LAS 1.4, point format 7, offsets near 300 000 / 4 000 000 / 50,
+scale 0.001). Each case runs the pipeline and its reference in alternation, `--repeat` times, as separate
+processes; the best time of each is kept (the machine is noisy) and peak RSS is the child's ru_maxrss.
+This is a benchmark, not a test: it asserts nothing and is not collected by pytest.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+MATRIX = [[0.8660254037844387, -0.5, 0.0, 100.0], [0.5, 0.8660254037844387, 0.0, 200.0],
+          [0.0, 0.0, 1.0, 5.0], [0.0, 0.0, 0.0, 1.0]]
+
+GENERATE = """
+import sys, laspy, numpy as np
+count, path, seed = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+header = laspy.LasHeader(version="1.4", point_format=7)
+header.scales = np.array([0.001] * 3)
+header.offsets = np.array([300000.0, 4000000.0, 50.0])
+rng = np.random.default_rng(seed)
+with laspy.open(path, mode="w", header=header) as writer:
+    for start in range(0, count, 2_000_000):
+        n = min(2_000_000, count - start)
+        points = laspy.ScaleAwarePointRecord.zeros(n, header=header)
+        points.x = 300000 + rng.uniform(0, 1000, n)
+        points.y = 4000000 + rng.uniform(0, 1000, n)
+        points.z = 50 + rng.uniform(0, 100, n)
+        points.intensity = rng.integers(0, 65535, n)
+        points.return_number = rng.integers(1, 3, n).astype(np.uint8)
+        points.number_of_returns = np.full(n, 2, np.uint8)
+        points.classification = rng.integers(0, 10, n).astype(np.uint8)
+        points.gps_time = (start + np.arange(n)) * 1e-4
+        points.red, points.green, points.blue = (rng.integers(0, 65535, n) for _ in range(3))
+        writer.write_points(points)
+"""
+
+# the obvious hand-written script: laspy + numpy, streamed in 2M-point chunks
+LASPY_STREAMED = """
+import sys, laspy, numpy as np
+source, target, compress = sys.argv[1], sys.argv[2], sys.argv[3] == "laz"
+m = np.array({matrix})
+with laspy.open(source) as reader:
+    header = reader.header
+    backend = laspy.LazBackend.LazrsParallel if compress else None
+    with laspy.open(target, mode="w", header=header, do_compress=compress, laz_backend=backend) as writer:
+        for points in reader.chunk_iterator(2_000_000):
+            xyz = np.stack([points.x, points.y, points.z])
+            moved = m[:3, :3] @ xyz + m[:3, 3:4]
+            points.x, points.y, points.z = moved
+            writer.write_points(points)
+"""
+
+# plain numpy binary PLY: read the LAS records, transform, write doubles and colours in memmapped chunks
+NUMPY_PLY = """
+import sys, laspy, numpy as np
+source, target = sys.argv[1], sys.argv[2]
+m = np.array({matrix})
+with laspy.open(source) as reader:
+    n = reader.header.point_count
+    record = np.dtype([("x", "<f8"), ("y", "<f8"), ("z", "<f8"), ("intensity", "<u2"), ("red", "<u2"),
+                       ("green", "<u2"), ("blue", "<u2")])
+    header = (f"ply\\nformat binary_little_endian 1.0\\nelement vertex {{n}}\\n" + "".join(
+        f"property {{'double' if k == '<f8' else 'ushort'}} {{name}}\\n" for name, k in
+        [(name, record[name].str) for name in record.names]) + "end_header\\n").encode()
+    with open(target, "wb") as handle:
+        handle.write(header)
+    out = np.memmap(target, dtype=record, mode="r+", offset=len(header), shape=(n,))
+    done = 0
+    for points in reader.chunk_iterator(2_000_000):
+        k = len(points)
+        xyz = np.stack([points.x, points.y, points.z])
+        moved = m[:3, :3] @ xyz + m[:3, 3:4]
+        block = out[done:done + k]
+        block["x"], block["y"], block["z"] = moved
+        for name in ("intensity", "red", "green", "blue"):
+            block[name] = points[name]
+        done += k
+    out.flush()
+"""
+
+
+def measured(command, cwd=None):
+    """(seconds, peak RSS in MB) of a child process."""
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - started
+    stderr = process.stderr.read().decode()
+    process.stderr.close()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(map(str, command))}\n{stderr}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def config(folder, inputs, sink, name="bench.yaml", extra=""):
+    path = Path(folder) / name
+    path.write_text(textwrap.dedent(f"""
+        version: 1
+        stages:
+          - type: source.files
+            paths: {json.dumps([str(p) for p in inputs])}
+            chunk_size: 1000000
+          - type: transform.matrix
+            matrix: {json.dumps(MATRIX)}
+          - type: {sink[0]}
+            path: {json.dumps(str(Path(folder) / 'out' / ('{name}' + sink[1])))}
+        {extra}"""))
+    return path
+
+
+def best_of(repeat, commands):
+    """Runs the commands in alternation; the best time and the largest peak of each."""
+    times = [[] for _ in commands]
+    peaks = [[] for _ in commands]
+    for _ in range(repeat):
+        for index, command in enumerate(commands):
+            seconds, peak = measured(command)
+            times[index].append(seconds)
+            peaks[index].append(peak)
+    return [(min(t), max(p)) for t, p in zip(times, peaks)]
+
+
+def row(name, points, ours, reference=None, target=None):
+    line = f"{name:<34} pipeline {points / ours[0] / 1e6:6.2f} Mpts/s {ours[1]:7.0f} MB"
+    if reference:
+        line += (f" | reference {points / reference[0] / 1e6:6.2f} Mpts/s {reference[1]:7.0f} MB"
+                 f" | ratio {reference[0] / ours[0]:5.2f}x")
+    if target:
+        line += f" | target {target}"
+    print(line, flush=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=10_000_000)
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--cases", default="startup,las,laz,ply,jobs")
+    parser.add_argument("--workdir", help="keep inputs here (default: a temporary folder)")
+    args = parser.parse_args()
+    cases = set(args.cases.split(","))
+    python = sys.executable
+    pipeline = [python, "-m", "pipeline"]
+    folder = Path(args.workdir or tempfile.mkdtemp(prefix="pipeline-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; points: {args.points:,}; "
+          f"best of {args.repeat}", flush=True)
+
+    if "startup" in cases:
+        demo = Path(__file__).resolve().parents[2] / "sample_configs" / "demo.yaml"
+        for words in (["--help"], ["validate", str(demo)], ["stages"]):
+            seconds = min(measured(pipeline + words)[0] for _ in range(3))
+            print(f"{'pipeline ' + words[0]:<34} {seconds:.3f} s (target < 0.3 s)", flush=True)
+
+    source = folder / f"input_{args.points}.las"
+    if cases & {"las", "laz", "ply"} and not source.exists():
+        subprocess.run([python, "-c", GENERATE, str(args.points), str(source), "1"], check=True)
+    matrix = json.dumps(MATRIX)
+    if "las" in cases:
+        ours = config(folder, [source], ("sink.las", ".las"))
+        results = best_of(args.repeat, [pipeline + ["run", "-q", "--report", str(folder / "report.json"), str(ours)],
+                                        [python, "-c", LASPY_STREAMED.format(matrix=matrix), str(source),
+                                         str(folder / "reference.las"), "las"]])
+        row("LAS -> matrix -> LAS", args.points, *results, target=">= 2x, < 250 MB")
+        report = json.loads((folder / "report.json").read_text())
+        inside = sum(item["seconds"] for item in report["items"])
+        print(f"{'  pipeline overhead in the run':<34} {(report['wall_seconds'] - inside) / report['wall_seconds']:.1%}"
+              " of the run's wall time (config, registry, plan, checksums, report; target < 5%)", flush=True)
+    if "laz" in cases:
+        ours = config(folder, [source], ("sink.las", ".laz"))
+        results = best_of(args.repeat, [pipeline + ["run", "-q", str(ours)],
+                                        [python, "-c", LASPY_STREAMED.format(matrix=matrix), str(source),
+                                         str(folder / "reference.laz"), "laz"]])
+        row("LAS -> matrix -> LAZ", args.points, *results, target=">= 1x")
+    if "ply" in cases:
+        ours = config(folder, [source], ("sink.ply", ".ply"))
+        results = best_of(args.repeat, [pipeline + ["run", "-q", str(ours)],
+                                        [python, "-c", NUMPY_PLY.format(matrix=matrix), str(source),
+                                         str(folder / "reference.ply")]])
+        row("LAS -> matrix -> PLY", args.points, *results, target=">= 8 Mpts/s")
+    if "jobs" in cases:
+        inputs = [folder / f"part_{n}.las" for n in range(8)]
+        for n, path in enumerate(inputs):
+            if not path.exists():
+                subprocess.run([python, "-c", GENERATE, "2000000", str(path), str(100 + n)], check=True)
+        ours = config(folder, inputs, ("sink.las", ".las"), name="jobs.yaml")
+        one, two = best_of(args.repeat, [pipeline + ["run", "-q", "--jobs", "1", str(ours)],
+                                         pipeline + ["run", "-q", "--jobs", "2", str(ours)]])
+        print(f"{'8 x 2M points, --jobs 2 vs --jobs 1':<34} {16e6 / two[0] / 1e6:6.2f} vs {16e6 / one[0] / 1e6:6.2f} "
+              f"Mpts/s | ratio {one[0] / two[0]:.2f}x | target >= 1.7x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
