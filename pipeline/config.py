@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional
 import yaml
 
 from .errors import ConfigError, OptionError, PipelineError, UsageError
-from .options import OptionContext, did_you_mean, shown, template_fields
+from .options import FromEnvironment, OptionContext, did_you_mean, shown, template_fields
 
 VERSION = 1
 TOP_LEVEL_KEYS = ("version", "stages")
@@ -152,7 +152,7 @@ class _Located:
             except yaml.YAMLError:
                 return expanded
             if isinstance(typed, (int, float, bool)):
-                return typed
+                return FromEnvironment(expanded, typed)
         return expanded
 
     def _problem(self, node, where, message):

@@ -53,6 +53,26 @@ class Kind:
         return f"Kind({self.describe})"
 
 
+class FromEnvironment(str):
+    """A plain YAML value that came from `${VAR}`: its text as written, and `typed`, what YAML makes of it
+    (so `capture_id: ${ID}` can be a number while `token: ${TOKEN}` keeps a token of digits as it is)."""
+
+    typed: Any
+
+    def __new__(cls, text, typed):
+        value = super().__new__(cls, text)
+        value.typed = typed
+        return value
+
+    def __reduce__(self):
+        return (FromEnvironment, (str(self), self.typed))
+
+
+def typed(value):
+    """What YAML makes of a value, for kinds that want numbers or booleans."""
+    return value.typed if isinstance(value, FromEnvironment) else value
+
+
 def shown(value):
     """A short rendering of a bad value for an error message."""
     text = repr(value)
@@ -73,7 +93,7 @@ def text():
     def check(value, context):
         if not isinstance(value, str):
             raise OptionError(f"expected a string, got {_type_name(value)} {shown(value)}")
-        return value
+        return str(value)
     return Kind("string", check)
 
 
@@ -85,6 +105,7 @@ def integer(minimum=None, maximum=None):
         bounds.append(f"<= {maximum}")
 
     def check(value, context):
+        value = typed(value)
         if not isinstance(value, int) or isinstance(value, bool):
             raise OptionError(f"expected an integer, got {_type_name(value)} {shown(value)}")
         if minimum is not None and value < minimum or maximum is not None and value > maximum:
@@ -95,6 +116,7 @@ def integer(minimum=None, maximum=None):
 
 def number(minimum=None):
     def check(value, context):
+        value = typed(value)
         if not is_number(value) or not math.isfinite(value):
             raise OptionError(f"expected a finite number, got {_type_name(value)} {shown(value)}")
         if minimum is not None and value < minimum:
@@ -105,6 +127,7 @@ def number(minimum=None):
 
 def boolean():
     def check(value, context):
+        value = typed(value)
         if not isinstance(value, bool):
             raise OptionError(f"expected true or false, got {_type_name(value)} {shown(value)}")
         return value
@@ -113,6 +136,7 @@ def boolean():
 
 def choice(*values):
     def check(value, context):
+        value = str(value) if isinstance(value, FromEnvironment) else value
         if value not in values:
             raise OptionError(f"expected one of {', '.join(map(str, values))}, got {shown(value)}"
                               + did_you_mean(str(value), values))
@@ -180,7 +204,7 @@ def template():
 
 
 def anything(describe="any value"):
-    return Kind(describe, lambda value, context: value)
+    return Kind(describe, lambda value, context: typed(value))
 
 
 def did_you_mean(word, candidates):
@@ -192,7 +216,8 @@ def xyz_numbers(positive=False, keywords=()):
     """Three finite numbers (one for each of x, y, z), a single number for all three, or a keyword."""
     def check(value, context):
         if isinstance(value, str) and value in keywords:
-            return value
+            return str(value)
+        value = typed(value)
         values = value if isinstance(value, list) else [value]
         if len(values) not in (1, 3) or not all(is_number(v) and math.isfinite(v) for v in values):
             raise OptionError(f"expected {'a positive' if positive else 'a'} number or 3 numbers"
@@ -207,7 +232,7 @@ def xyz_numbers(positive=False, keywords=()):
 def one_of_values(*values):
     """One of a few values that YAML may give as numbers or strings (`version: 1.4` or "1.4"); kept as text."""
     def check(value, context):
-        if str(value) not in values or isinstance(value, bool):
+        if str(value) not in values or isinstance(typed(value), bool):
             raise OptionError(f"expected one of {', '.join(values)}, got {shown(value)}")
         return str(value)
     return Kind(" | ".join(values), check)

@@ -119,14 +119,21 @@ def merged_info(infos):
     if all(info.bounds is not None for info in infos):
         for info in infos:
             bounds = union_bounds(bounds, info.bounds)
+    facts = {}
     las = [info.format_facts.get("las") for info in infos]
-    same_las = all(las) and len({(f["header"].point_format.id, tuple(f["header"].scales)) for f in las}) == 1
-    if all(las) and not same_las:
-        log.info("merge: the items have different LAS layouts; the first item's header is the model")
+    if all(las):
+        # the first item's header is the model (VLRs, version); the finest scale of any item is kept, and the
+        # offset is chosen from the union of the bounds (`merged`), since items may lie far apart
+        import copy
+
+        header = copy.deepcopy(las[0]["header"])
+        header.scales = np.min([f["header"].scales for f in las], axis=0)
+        facts = {"las": {**las[0], "header": header, "merged": True}}
+        if len({(f["header"].point_format.id, tuple(f["header"].scales)) for f in las}) > 1:
+            log.info("merge: the items have different LAS layouts; writing scale %s", header.scales.tolist())
     counts = [info.point_count for info in infos]
     return replace(infos[0], dtype=np.dtype(list(fields.items())), bounds=bounds,
-                   point_count=sum(counts) if None not in counts else None,
-                   format_facts=infos[0].format_facts if all(las) else {},
+                   point_count=sum(counts) if None not in counts else None, format_facts=facts,
                    applied=tuple(step for info in infos for step in info.applied))
 
 

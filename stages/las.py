@@ -345,7 +345,7 @@ class LasWriter(Writer):
         if isinstance(self.sink.options["offset"], list):
             self.header.offsets = np.array(self.sink.options["offset"])
             return True
-        if facts and not info.moved:
+        if facts and not info.moved and not facts.get("merged"):
             return True  # same coordinates, same integers: keep the input's offsets
         if info.bounds is not None:
             self.header.offsets = np.array([choose_offset(lo, s) for lo, s in zip(info.bounds.mins, self.header.scales)])

@@ -190,7 +190,33 @@ def read_ply(path, chunk_size):
     read = _ascii_chunks if header.format == "ascii" else _binary_chunks
     info = StreamInfo(dtype=chunk_dtype, source_format="ply", point_count=header.vertex.count,
                       format_facts={"ply": {"format": header.format, "comments": header.comments}})
-    yield PointStream(info, read(path, header, file_dtype, chunk_dtype, renamed, chunk_size))
+    chunks = read(path, header, file_dtype, chunk_dtype, renamed, chunk_size)
+    offset = written_offset(header.comments)
+    if offset is not None:  # x, y, z were stored relative to it (sink.ply `offset`, CloudCompare's shift)
+        chunks = (shifted(chunk, offset) for chunk in chunks)
+    yield PointStream(info, chunks)
+
+
+def written_offset(comments):
+    """The [x, y, z] of a `comment offset X Y Z` header line, or None.
+
+    >>> written_offset(["written by cupix-pipeline", "offset 500000.0 4000000.0 50.0"])
+    [500000.0, 4000000.0, 50.0]
+    """
+    for comment in comments:
+        words = comment.split()
+        if len(words) == 4 and words[0] == "offset":
+            try:
+                return [float(v) for v in words[1:]]
+            except ValueError:
+                return None
+    return None
+
+
+def shifted(chunk, offset):
+    for axis, value in zip(XYZ, offset):
+        chunk[axis] += value
+    return chunk
 
 
 def ply_properties(dtype):
@@ -230,6 +256,13 @@ class ColourDepth:
     def convert(self, name, values):
         if values.dtype == np.uint8 or self.mode == "keep":
             return values
+        if values.dtype.kind == "f":  # colours as fractions (0..1) or as float 0..255
+            if len(values) and values.min() >= 0 and values.max() <= 1:
+                return np.round(values * 255).astype(np.uint8)
+            if len(values) and not (np.all(values == np.round(values)) and 0 <= values.min() and values.max() <= 255):
+                raise SinkError(f"{self.where}: {name} has float values {values.min()}..{values.max()} that are "
+                                "neither fractions of 1 nor whole numbers up to 255")
+            return values.astype(np.uint8)
         if self.decided == "16bit":
             return np.round(values.astype(np.float64) / 257).astype(np.uint8)
         if values.max(initial=0) > 255 or values.min(initial=0) < 0:

@@ -27,18 +27,25 @@ SKIP = "_"
 NUMBER = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$|^[-+]?(nan|inf)$", re.IGNORECASE)
 
 
+BOM = b"\xef\xbb\xbf"
+
+
 def is_text(head: bytes):
-    """True for bytes that look like a text point cloud (printable ASCII, digits in the first line)."""
+    """True for the first bytes of a text file: printable UTF-8 (a byte-order mark allowed, as Excel writes)."""
+    head = head.removeprefix(BOM)
     try:
-        text = head.decode("ascii")
-    except UnicodeDecodeError:
-        return False
-    return all(c.isprintable() or c in "\r\n\t" for c in text) and any(c.isdigit() for c in text)
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as error:
+        if error.start < len(head) - 4:  # not a character cut at the end of the sample
+            return False
+        text = head[:error.start].decode("utf-8")
+    return all(c.isprintable() or c in "\r\n\t" for c in text)
 
 
 def is_pts(head: bytes):
     """A PTS file starts with a line holding one integer: the point count."""
-    first = next((line.split() for line in head.decode("ascii", "replace").splitlines() if line.strip()), [])
+    first = next((line.split() for line in head.removeprefix(BOM).decode("utf-8", "replace").splitlines()
+                  if line.strip()), [])
     return len(first) == 1 and first[0].isdigit()
 
 
@@ -137,7 +144,7 @@ class TextTable:
 
 def sniff_layout(path, columns_option):
     """Reads the first lines: is there a header naming the columns, what separates values, how many are there."""
-    with open(path, encoding="ascii", errors="replace") as handle:
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
         head = [line.strip() for line in itertools.islice(handle, 50)]
     lines = [line for line in head if line]
     pts = bool(lines) and len(lines[0].split()) == 1 and lines[0].isdigit()
@@ -148,19 +155,18 @@ def sniff_layout(path, columns_option):
         header, data = data[0], data[1:]
     elif comment_header and not pts:  # CloudCompare writes `//X,Y,Z,R,G,B`
         header = comment_header
-    if not data:
-        raise SourceError(f"{path}: no point found in the first lines of the text file")
-    delimiter = "," if "," in data[0] else ";" if ";" in data[0] else None
-    width = len(split_line(data[0], delimiter))
+    sample = data[0] if data else (header or "").lstrip("/#")
+    delimiter = "," if "," in sample else ";" if ";" in sample else None
+    width = len(split_line(data[0], delimiter)) if data else None  # no point at all: an empty cloud
     if columns_option:
         columns = [column_name(c) if c != SKIP else SKIP for c in columns_option]
     elif header:
         columns = [column_name(c) for c in (header.lstrip("/#").split(delimiter) if delimiter else header.lstrip("/#").split())]
-    elif width in BY_COUNT:
-        columns = list(BY_COUNT[width])
+    elif width is None or width in BY_COUNT:
+        columns = list(BY_COUNT[width or 3])
     else:
         columns = ["x", "y", "z"] + [f"column_{i}" for i in range(3, width)]
-    if len(columns) != width:
+    if width is not None and len(columns) != width:
         raise SourceError(f"{path}: {len(columns)} column names ({' '.join(columns)}) for {width} values per line")
     if len(set(columns) - {SKIP}) != len([c for c in columns if c != SKIP]):
         raise SourceError(f"{path}: repeated column names: {' '.join(columns)}")
@@ -169,7 +175,7 @@ def sniff_layout(path, columns_option):
 
 def pts_count(path):
     with open(path, "rb") as handle:
-        first = handle.readline().split()
+        first = handle.readline().removeprefix(BOM).split()
     return int(first[0]) if len(first) == 1 and first[0].isdigit() else None
 
 
@@ -187,5 +193,5 @@ def read_text(path, chunk_size, columns_option=None):
     facts = {"text": {"format": "pts" if pts else "xyz", "columns": columns}}
     info = StreamInfo(dtype=dtype, source_format="pts" if pts else "xyz",
                       point_count=pts_count(path) if pts else None, format_facts=facts)
-    with open(path, encoding="ascii", errors="replace") as handle:
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
         yield PointStream(info, table.rows(handle, chunk_size))

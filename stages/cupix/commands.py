@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         print(json.dumps(rows, indent=2, default=str))
     else:
         print(table(rows, columns))
-    return 0
+    return 1 if any(row.get("problem") for row in rows) else 0
 
 
 def table(rows, columns):
@@ -100,35 +100,59 @@ def describe_matrix(matrix):
 
 
 def inspect(client, args):
+    """Rows for every group and every finished sub, aligned together as one run of transform.align would."""
     listing = Listing(client.pointclouds(capture_id=args.capture))
-    listing.find_groups(client.pointcloud)
+    subs = [s for s in listing.subs() if s.get("state") == "done"]
+    listing.find_groups(client.pointcloud, subs)
+    placed = [s for s in subs if listing.group_of(s) is not None]
+    records, notes, problems = align_each(placed, listing, args)
     rows = []
-    groups = [a for a in listing.by_id.values() if a.get("kind") == "group"]
-    for group in groups:
-        subs = [s for s in listing.subs() if parent_id(s) == group["id"]]
-        row = {"kind": "group", "id": group["id"], "name": group.get("name"), "subs": len(subs)}
-        rows.append(row)
-        try:
-            records, notes = plan_alignment([(s, group) for s in subs], args.layout, args.compose, args.scale, "warn")
-        except ValueError as error:
-            row["problem"] = str(error)
-            continue
-        for sub, (matrix, record) in zip(subs, records):
-            translation, angle = describe_matrix(np.array(matrix))
-            check = record["check_world"]
-            rows.append({"kind": "sub", "id": sub["id"], "name": sub.get("name"), "parent": group["id"],
-                         "state": sub.get("state"), "layout": record["layout"].get("sub.tm"),
-                         "translation": translation, "rotation_deg": angle,
-                         "check_world": "-" if check is None else "ok" if check["matches"] else
-                         f"{check['translation_m']:.3f} m / {check['rotation_rad']:.4f} rad off",
-                         "scale": record["scale"]["decision"], "problem": (check or {}).get("problem"),
-                         "notes": notes})
-    orphans = [s for s in listing.subs() if listing.group_of(s) is None]
-    rows += [{"kind": "sub", "id": s["id"], "name": s.get("name"), "problem": "its group was not found"}
-             for s in orphans]
+    for group in [a for a in listing.by_id.values() if a.get("kind") == "group"]:
+        members = [s for s in placed if parent_id(s) == group["id"]]
+        rows.append({"kind": "group", "id": group["id"], "name": group.get("name"), "subs": len(members)})
+        for sub in members:
+            row = {"kind": "sub", "id": sub["id"], "name": sub.get("name"), "parent": group["id"],
+                   "state": sub.get("state"), "problem": problems.get(sub["id"])}
+            if sub["id"] in records:
+                matrix, record = records[sub["id"]]
+                translation, angle = describe_matrix(np.array(matrix))
+                check = record["check_world"]
+                row.update(layout=record["layout"].get("sub.tm"), translation=translation, rotation_deg=angle,
+                           check_world="-" if check is None else "ok" if check["matches"] else
+                           f"{check['translation_m']:.3f} m / {check['rotation_rad']:.4f} rad off",
+                           scale=record["scale"]["decision"], notes=notes)
+                row["problem"] = row["problem"] or (check or {}).get("problem")
+            rows.append(row)
+    rows += [{"kind": "sub", "id": s["id"], "name": s.get("name"), "parent": parent_id(s),
+              "problem": f"its group {parent_id(s)} was not found"} for s in subs if s not in placed]
     if not rows:
         raise PipelineError(f"capture {args.capture}: no point clouds")
-    return rows, ("kind", "id", "parent", "state", "layout", "translation", "rotation_deg", "check_world", "name")
+    return rows, ("kind", "id", "parent", "layout", "translation", "rotation_deg", "check_world", "name", "problem")
+
+
+def align_each(subs, listing, args):
+    """plan_alignment over every sub at once (one layout decision for the run); a sub it refuses is set
+    apart with its problem and the others are aligned without it."""
+    problems = {}
+    while True:
+        entries = [(s, listing.group_of(s)) for s in subs if s["id"] not in problems]
+        try:
+            records, notes = plan_alignment(entries, args.layout, args.compose, args.scale, "warn")
+            return {s["id"]: r for (s, _), r in zip(entries, records)}, notes, problems
+        except ValueError as error:
+            culprit = next((s for s, g in entries if failing(s, g, args)), None)
+            if culprit is None:
+                raise PipelineError(f"capture {args.capture}: {error}") from error
+            problems[culprit["id"]] = failing(culprit, listing.group_of(culprit), args)
+
+
+def failing(sub, group, args):
+    """The problem plan_alignment finds with one sub alone, or None."""
+    try:
+        plan_alignment([(sub, group)], args.layout, args.compose, args.scale, "off")
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 if __name__ == "__main__":
