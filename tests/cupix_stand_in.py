@@ -29,6 +29,7 @@ class Faults:
     api_429: int = 0
     expire_first_links: int = 0  # the first N links given out are already expired (storage answers 403)
     disposition: dict = field(default_factory=dict)  # sub id -> raw Content-Disposition header
+    storage_delay: float = 0.0  # seconds before each storage answer
 
 
 @dataclass
@@ -53,6 +54,8 @@ class CupixStandIn:
         self.lock = threading.Lock()
         self.links_given = 0
         self.storage_hits = 0
+        self.storage_active = 0
+        self.storage_most_active = 0  # the most storage requests served at the same time
         self.api_hits = 0
         self.api = ThreadingHTTPServer(("127.0.0.1", 0), self.handler(self.api_get))
         self.storage = ThreadingHTTPServer(("127.0.0.1", 0), self.handler(self.storage_get))
@@ -170,8 +173,21 @@ class CupixStandIn:
 
     def storage_get(self, handler, path, query, record):
         with self.lock:
+            self.storage_active += 1
+            self.storage_most_active = max(self.storage_most_active, self.storage_active)
+        try:
+            self.serve_storage(handler, path, query, record)
+        finally:
+            with self.lock:
+                self.storage_active -= 1
+
+    def serve_storage(self, handler, path, query, record):
+        with self.lock:
             self.storage_hits += 1
             hit = self.storage_hits
+        if self.faults.storage_delay:
+            import time
+            time.sleep(self.faults.storage_delay)
         if hit <= self.faults.storage_503:
             return self.send(handler, 503, b"", record=record)
         expires = query.get("X-Expires", [""])[0]

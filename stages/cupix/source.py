@@ -5,7 +5,8 @@ import os
 import re
 import threading
 import weakref
-from concurrent.futures import ThreadPoolExecutor
+import queue
+from concurrent.futures import Future
 from contextlib import contextmanager
 
 from pipeline.errors import OptionError, SourceError
@@ -179,7 +180,7 @@ class CupixSource(Source):
         with self._lock:
             if self._pool is None:
                 self._progress = DownloadProgress(len(items))
-                self._pool = ThreadPoolExecutor(self.options["concurrency"], thread_name_prefix="cupix-download")
+                self._pool = DaemonPool(self.options["concurrency"])
                 for item in items:
                     self._downloads[item.index] = self._pool.submit(self._fetch, item)
 
@@ -204,7 +205,40 @@ class CupixSource(Source):
             yield stream
 
     def close(self):
-        """Stops downloads still under way (after a failure or Ctrl-C) and waits for their threads."""
+        """Stops downloads still under way (after a failure or Ctrl-C) without waiting for a slow server:
+        the threads stop at their next block, or die with the process."""
         self._stop.set()
+        for future in self._downloads.values():
+            future.cancel()
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown()
+
+
+class DaemonPool:
+    """A few daemon threads running submitted calls: unlike ThreadPoolExecutor, the process may exit (e.g. on
+    Ctrl-C) while one is still blocked on the network."""
+
+    def __init__(self, workers):
+        self.tasks = queue.SimpleQueue()
+        self.workers = workers
+        for number in range(workers):
+            threading.Thread(target=self.work, name=f"cupix-download-{number}", daemon=True).start()
+
+    def submit(self, function, *args):
+        future = Future()
+        self.tasks.put((future, function, args))
+        return future
+
+    def work(self):
+        while (task := self.tasks.get()) is not None:
+            future, function, args = task
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(function(*args))
+            except BaseException as error:  # handed to whoever waits on the future
+                future.set_exception(error)
+
+    def shutdown(self):
+        for _ in range(self.workers):
+            self.tasks.put(None)

@@ -176,3 +176,37 @@ def test_config_needs_a_selection_and_never_echoes_the_token(tmp_path, registry)
     with pytest.raises(ConfigError) as error:
         config.load(path, registry, environ={})
     assert error.value.problems == [f"{path}:5: stages[0] (source.cupix) > token: invalid value (not shown: it is a secret)"]
+
+
+@responses.activate
+def test_an_api_redirect_is_not_followed_with_the_token(client):
+    responses.get(f"{BASE}/pointclouds/5", status=302, headers={"Location": "https://elsewhere.example/steal"})
+    with pytest.raises(CupixError) as error:
+        client.pointcloud("5")
+    assert str(error.value) == ("GET /pointclouds/5: the API answered a redirect (HTTP 302), which is not followed "
+                                "with the token; check base_url")
+    assert [call.request.url.split("?")[0] for call in responses.calls] == [f"{BASE}/pointclouds/5"]
+
+
+def test_a_token_with_a_control_character_is_refused_without_showing_it(tmp_path, registry):
+    from pipeline import config
+    from pipeline.errors import ConfigError
+    from tests.conftest import write_config
+
+    path = write_config(tmp_path, """
+        version: 1
+        stages:
+          - type: source.cupix
+            base_url: https://acme.cupix.works/api/v1
+            token: ${CUPIX_API_KEY}
+            capture_id: ${CAPTURE}
+          - type: sink.las
+            path: out/{sub}.las
+    """)
+    with pytest.raises(ConfigError) as error:
+        config.load(path, registry, environ={"CUPIX_API_KEY": "SECRET-abc\r", "CAPTURE": "1234"})
+    assert error.value.problems == [f"{path}:5: stages[0] (source.cupix) > token: expected one word without spaces "
+                                    "or control characters (not shown: it is a secret)"]
+    loaded = config.load(path, registry, environ={"CUPIX_API_KEY": "0123", "CAPTURE": "0042"})
+    assert loaded.source.options["token"] == "0123"  # digits from the environment stay as written
+    assert loaded.source.options["capture_id"] == "0042"

@@ -318,3 +318,46 @@ def test_ls_and_inspect(tmp_path, capture):
     translation = GROUP @ SUBS["5311"]
     assert subs["5311"]["translation"] == " ".join(f"{v:.3f}" for v in translation[:3, 3])
     assert "5313" in inspect.stdout and TOKEN not in inspect.stdout + inspect.stderr
+
+
+def test_downloads_run_at_most_concurrency_at_once(tmp_path, capture):
+    items, files = capture
+    with CupixStandIn(items, files, token=TOKEN, faults=Faults(storage_delay=0.3)) as stand_in:
+        body = config(tmp_path, stand_in).read_text().replace("    retries: 4\n", "    retries: 4\n    concurrency: 2\n")
+        (tmp_path / "config.yaml").write_text(body)
+        done = pipeline("run", "-q", tmp_path / "config.yaml")
+        most = stand_in.storage_most_active
+    assert done.returncode == 0, done.stderr
+    assert most == 2  # three files, two at a time
+
+
+def test_inspect_reports_a_bad_matrix_and_exits_1(tmp_path, capture):
+    items, files = capture
+    items[3]["attributes"]["meta"]["prop"]["tm"] = [1, 0, 0, 5, 0, 1, 0, 0, 0, 0, 1, 0, 5, 0, 0, 1]  # sub 5313
+    with CupixStandIn(items, files, token=TOKEN) as stand_in:
+        done = pipeline("cupix", "inspect", "--base-url", stand_in.base_url, "--capture", "1234", "--json")
+    assert done.returncode == 1
+    rows = {r["id"]: r for r in json.loads(done.stdout)}
+    assert rows["5313"]["problem"].startswith("pointcloud 5313 (sub) meta.prop.tm is not an affine matrix")
+    assert rows["5311"]["check_world"] == "ok" and rows["5311"]["problem"] is None
+
+
+def test_ctrl_c_during_downloads_stops_at_once(tmp_path, capture):
+    import signal
+    import time
+
+    items, files = capture
+    with CupixStandIn(items, files, token=TOKEN, faults=Faults(storage_delay=8)) as stand_in:
+        env = {**os.environ, "CUPIX_API_KEY": TOKEN}
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "-q", str(config(tmp_path, stand_in))],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        deadline = time.monotonic() + 30
+        while not stand_in.storage_requests() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        interrupted = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        waited = time.monotonic() - interrupted
+    assert process.returncode == 130, stderr
+    assert waited < 4  # not the 8 s the storage takes to answer
+    assert not (tmp_path / "out").exists() or files_under(tmp_path / "out") == []
