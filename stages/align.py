@@ -91,9 +91,16 @@ def apply(matrix, x, y, z, centre=(0.0, 0.0, 0.0)):
     rotation = matrix[:3, :3]
     centre = np.asarray(centre, dtype=np.float64)
     moved_centre = rotation @ centre + matrix[:3, 3]
-    dx, dy, dz = x - centre[0], y - centre[1], z - centre[2]
-    return tuple(rotation[row, 0] * dx + rotation[row, 1] * dy + rotation[row, 2] * dz + moved_centre[row]
-                 for row in range(3))
+    differences = [np.subtract(values, origin) for values, origin in zip((x, y, z), centre)]
+    term = np.empty_like(differences[0])
+    moved = []
+    for row in range(3):  # ((r0·dx + r1·dy) + r2·dz) + m, in place: fewer passes over memory
+        result = np.multiply(differences[0], rotation[row, 0])
+        for column in (1, 2):
+            result += np.multiply(differences[column], rotation[row, column], out=term)
+        result += moved_centre[row]
+        moved.append(result)
+    return tuple(moved)
 
 
 def transform_bounds(matrix, bounds):
@@ -198,7 +205,7 @@ class MatrixTransform(Transform):
 # Cupix stores 16 numbers per matrix without saying in which order. An affine matrix has 0 0 0 1 as its
 # last row: stored row-major that row is at indices 12-15, stored column-major it is at 3, 7, 11, 15.
 
-ZERO = 1e-9
+ZERO = 1e-6  # also forgives float32 noise in the positions that must be 0 or 1
 COMPOSES = ("group_sub", "sub_world", "group_world_sub")
 MM, MILLIRADIAN = 0.001, 0.001
 

@@ -5,7 +5,9 @@ import logging
 import math
 import os
 import struct
+import threading
 from contextlib import contextmanager
+from queue import Queue
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from pipeline.stage import Sink, Writer
 log = logging.getLogger(__name__)
 
 XYZ_DTYPE = np.dtype([(axis, "f8") for axis in XYZ])
+READ_AHEAD = 1  # blocks read while the previous one is processed
 HEADER_MIN_SIZE = 227
 VLR_HEADER_SIZE = 54
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
@@ -149,6 +152,26 @@ def chunk_dtype(point_format):
     return np.dtype(fields)
 
 
+def read_ahead(blocks):
+    """Yields what `blocks` yields, with the next item produced by a background thread meanwhile."""
+    queue, done = Queue(maxsize=READ_AHEAD), object()
+
+    def produce():
+        try:
+            for block in blocks:
+                queue.put(block)
+            queue.put(done)
+        except BaseException as error:  # handed to the consumer
+            queue.put(error)
+
+    thread = threading.Thread(target=produce, name="las-read-ahead", daemon=True)
+    thread.start()
+    while (block := queue.get()) is not done:
+        if isinstance(block, BaseException):
+            raise block
+        yield block
+
+
 def scaled(records, scales, offsets, dtype=None):
     """Real-world x, y, z of raw point records, computed one way for every path: X * scale + offset."""
     chunk = np.empty(len(records), dtype if dtype is not None else XYZ_DTYPE)
@@ -166,24 +189,50 @@ def to_chunk(points, dtype):
 
 
 class RawRecords:
-    """The LAS point records of a file, as they are stored: what `PointStream.raw` offers."""
+    """The LAS point records of a file, as they are stored: what `PointStream.raw` offers.
+
+    Blocks are writable and are reused once the next block is asked for: a consumer finishes with one
+    block (sinks may overwrite its X, Y, Z) before taking the next. Uncompressed files are read straight
+    into a few rotating buffers by a read-ahead thread, so reading overlaps the work on the previous block.
+    """
 
     kind = "las"
 
-    def __init__(self, reader, header, chunk_size, path):
+    def __init__(self, reader, header, chunk_size, path, compressed):
         self.reader, self.header, self.chunk_size, self.path = reader, header, chunk_size, path
+        self.compressed = compressed
         self.dtype = header.point_format.dtype()
 
     def blocks(self):
         remaining = self.header.point_count
         try:
-            for points in self.reader.chunk_iterator(self.chunk_size):
-                remaining -= len(points)
-                yield points.array
+            for block in (self.decompressed() if self.compressed else read_ahead(self.read_into_buffers())):
+                remaining -= len(block)
+                yield block
+        except SourceError:
+            raise
         except Exception as error:
             raise SourceError(f"{self.path}: cannot read points: {error}") from error
         if remaining > 0:
             raise SourceError(f"{self.path}: file ends {remaining} points early")
+
+    def decompressed(self):
+        for points in self.reader.chunk_iterator(self.chunk_size):
+            yield points.array if points.array.flags.writeable else points.array.copy()
+
+    def read_into_buffers(self):
+        count = self.header.point_count
+        size = min(self.chunk_size, max(count, 1))
+        buffers = [np.empty(size, self.dtype) for _ in range(READ_AHEAD + 2)]
+        with open(self.path, "rb") as handle:
+            handle.seek(self.header.offset_to_point_data)
+            for number, start in enumerate(range(0, count, size)):
+                block = buffers[number % len(buffers)][:min(size, count - start)]
+                got = handle.readinto(memoryview(block).cast("B"))
+                if got != block.nbytes:
+                    yield block[:got // self.dtype.itemsize]
+                    return
+                yield block
 
     def xyz(self, block):
         return scaled(block, self.header.scales, self.header.offsets)
@@ -227,7 +276,7 @@ def read_las(path, chunk_size):
                 if remaining > 0:
                     raise SourceError(f"{path}: file ends {remaining} points early")
 
-            yield PointStream(info, chunks(), raw=RawRecords(reader, header, chunk_size, path))
+            yield PointStream(info, chunks(), raw=RawRecords(reader, header, chunk_size, path, checked.compressed))
     finally:
         source.close()
 
@@ -283,7 +332,6 @@ class LasWriter(Writer):
         self.header = self.make_header(info)
         self.evlrs = self.kept_evlrs(info)
         self.writer = None
-        self.buffer = None  # reused by write_raw, so that big chunks do not fault in fresh pages each time
         self.offsets_fixed = self.header_offsets_known(info)
 
     def make_header(self, info):
@@ -424,16 +472,12 @@ class LasWriter(Writer):
         self.append(records, chunk)
 
     def write_raw(self, block, xyz):
-        """Writes raw records of the writer's own point format, with their coordinates from `xyz`."""
+        """Writes raw records of the writer's own point format, their X, Y, Z (overwritten in the block,
+        which the reader hands out for this) computed from `xyz`."""
         if self.writer is None:
             self.open_writer(xyz)
-        if not len(block):
-            return
-        if self.buffer is None or len(self.buffer) < len(block):
-            self.buffer = np.empty(len(block), block.dtype)
-        records = self.buffer[:len(block)]
-        np.copyto(records, block)
-        self.append(records, xyz)
+        if len(block):
+            self.append(block, xyz)
 
     def close(self):
         if self.writer is None:
