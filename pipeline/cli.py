@@ -43,8 +43,8 @@ def build_parser():
     stages.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
     for name in plugin_commands():
-        plugin = commands.add_parser(name, help=f"{name} commands from an installed plugin "
-                                     f"(pipeline {name} --help)", add_help=False)
+        commands.add_parser(name, help=f"{name} commands from an installed plugin (pipeline {name} --help)",
+                            add_help=False)
     return parser
 
 

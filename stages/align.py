@@ -3,7 +3,6 @@ import logging
 import math
 from dataclasses import replace
 
-import numpy as np
 
 from pipeline.errors import OptionError, StageError
 from pipeline.model import Bounds
@@ -29,6 +28,7 @@ def as_matrix(values, layout=None):
     ...
     ValueError: expected 16 numbers, got 3
     """
+    import numpy as np
     if isinstance(values, np.ndarray):
         values = values.tolist()
     if not isinstance(values, (list, tuple)):
@@ -61,6 +61,7 @@ def check_affine(matrix):
     ...
     ValueError: last row must be 0 0 0 1, got 1 1 1 1
     """
+    import numpy as np
     last = matrix[3]
     if not np.array_equal(last, [0.0, 0.0, 0.0, 1.0]):
         raise ValueError("last row must be 0 0 0 1, got " + " ".join(f"{v:g}" for v in last))
@@ -72,6 +73,7 @@ def invert(matrix):
     >>> invert(as_matrix([[2, 0, 0, 1], [0, 2, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1]]))[0].tolist()
     [0.5, 0.0, 0.0, -0.5]
     """
+    import numpy as np
     check_affine(matrix)
     if abs(np.linalg.det(matrix[:3, :3])) < 1e-12:
         raise ValueError("the matrix is singular and cannot be inverted")
@@ -88,6 +90,7 @@ def apply(matrix, x, y, z, centre=(0.0, 0.0, 0.0)):
     ...       np.array([1.0]), np.array([0.0]), np.array([5.0]), centre=(4e6, 0, 0))
     (array([10.]), array([1.]), array([5.]))
     """
+    import numpy as np
     rotation = matrix[:3, :3]
     centre = np.asarray(centre, dtype=np.float64)
     moved_centre = rotation @ centre + matrix[:3, 3]
@@ -105,6 +108,7 @@ def apply(matrix, x, y, z, centre=(0.0, 0.0, 0.0)):
 
 def transform_bounds(matrix, bounds):
     """Bounds that contain the image of `bounds` (its eight corners moved)."""
+    import numpy as np
     corners = np.array(bounds.corners(), dtype=np.float64)
     moved = corners @ matrix[:3, :3].T + matrix[:3, 3]
     return Bounds(tuple(moved.min(axis=0).tolist()), tuple(moved.max(axis=0).tolist()))
@@ -243,6 +247,7 @@ def column_norms(matrix):
     >>> column_norms(np.diag([2.0, 3.0, 4.0, 1.0])).tolist()
     [2.0, 3.0, 4.0]
     """
+    import numpy as np
     return np.linalg.norm(matrix[:3, :3], axis=0)
 
 
@@ -252,6 +257,7 @@ def rotation_angle(matrix):
     >>> round(rotation_angle(as_matrix([[0, -1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])), 6)
     1.570796
     """
+    import numpy as np
     rotation = matrix[:3, :3] / column_norms(matrix)
     cosine = (np.trace(rotation) - 1) / 2
     return float(np.arccos(np.clip(cosine, -1.0, 1.0)))
@@ -259,6 +265,7 @@ def rotation_angle(matrix):
 
 def difference(a, b):
     """(translation difference in metres, rotation difference in radians) between two matrices."""
+    import numpy as np
     shift = float(np.linalg.norm(a[:3, 3] - b[:3, 3]))
     relative = np.eye(4)
     relative[:3, :3] = (a[:3, :3] / column_norms(a)).T @ (b[:3, :3] / column_norms(b))
@@ -275,6 +282,7 @@ def scale_decision(mode, group, scale):
     >>> scale_decision("auto", np.eye(4), [1.0, 1.0, 1.0])
     (False, 'not applied: the scale is 1')
     """
+    import numpy as np
     if mode == "apply":
         return True, "applied: scale: apply"
     if mode == "ignore":
@@ -297,6 +305,7 @@ def compose(mode, group_tm, group_wtm, sub_tm, sub_wtm, scale=None, world_scale=
     >>> compose("group_sub", g, None, s, None)[:3, 3].tolist()
     [100.0, 5.0, 0.0]
     """
+    import numpy as np
     if mode == "sub_world":
         return sub_wtm.copy()
     parent, factor = (group_tm, scale) if mode == "group_sub" else (group_wtm, world_scale)
@@ -420,6 +429,7 @@ def plan_alignment(entries, layout="auto", compose_mode="group_sub", scale_mode=
 
 def check_against_wtm(check_world, compose_mode, world, matrices, scale, world_scale, scale_mode, sub, group):
     """Compares the composed matrix with the sub's own wtm; on a mismatch, names a compose mode that matches."""
+    import numpy as np
     sub_wtm = matrices.get(("sub", "wtm"))
     if check_world == "off" or compose_mode == "sub_world" or sub_wtm is None or np.allclose(sub_wtm, np.eye(4)):
         return None

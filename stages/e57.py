@@ -6,7 +6,6 @@ chunks); a file of several scans is one item whose chunks follow the scans in or
 import logging
 from contextlib import contextmanager
 
-import numpy as np
 
 from pipeline.errors import SourceError
 from pipeline.imports import require
@@ -35,6 +34,7 @@ def intensity_limits(header, values):
 
 def scan_fields(e57, count):
     """The union of the fields of every scan, as chunk fields."""
+    import numpy as np
     fields = set()
     for index in range(count):
         fields |= set(e57.get_header(index).point_fields)
@@ -48,6 +48,7 @@ def scan_fields(e57, count):
 
 
 def scan_chunk(path, e57, index, dtype):
+    import numpy as np
     header = e57.get_header(index)
     present = set(header.point_fields)
     try:

@@ -11,7 +11,6 @@ from queue import Queue
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from pipeline.errors import OptionError, SinkError, SourceError
 from pipeline.imports import require
@@ -21,7 +20,7 @@ from pipeline.stage import Sink, Writer
 
 log = logging.getLogger(__name__)
 
-XYZ_DTYPE = np.dtype([(axis, "f8") for axis in XYZ])
+XYZ_FIELDS = [(axis, "f8") for axis in XYZ]
 READ_AHEAD = 1  # blocks read while the previous one is processed
 HEADER_MIN_SIZE = 227
 VLR_HEADER_SIZE = 54
@@ -137,6 +136,7 @@ class PatchedFile(io.RawIOBase):
 
 def chunk_dtype(point_format):
     """The chunk layout for a laspy point format: float64 x, y, z then every other dimension."""
+    import numpy as np
     fields = [(axis, "f8") for axis in XYZ]
     for dimension in point_format.dimensions:
         if dimension.name in ("X", "Y", "Z"):
@@ -174,7 +174,8 @@ def read_ahead(blocks):
 
 def scaled(records, scales, offsets, dtype=None):
     """Real-world x, y, z of raw point records, computed one way for every path: X * scale + offset."""
-    chunk = np.empty(len(records), dtype if dtype is not None else XYZ_DTYPE)
+    import numpy as np
+    chunk = np.empty(len(records), dtype if dtype is not None else XYZ_FIELDS)
     for axis, name, scale, offset in zip(XYZ, ("X", "Y", "Z"), scales, offsets):
         np.multiply(records[name], scale, out=chunk[axis], dtype=np.float64)
         chunk[axis] += offset
@@ -221,6 +222,7 @@ class RawRecords:
             yield points.array if points.array.flags.writeable else points.array.copy()
 
     def read_into_buffers(self):
+        import numpy as np
         count = self.header.point_count
         size = min(self.chunk_size, max(count, 1))
         buffers = [np.empty(size, self.dtype) for _ in range(READ_AHEAD + 2)]
@@ -283,6 +285,7 @@ def read_las(path, chunk_size):
 
 def fit_values(values, target, name, where):
     """`values` converted to a LAS dimension's type, refusing to change any value."""
+    import numpy as np
     target = np.dtype(target)
     if values.dtype == target or np.can_cast(values.dtype, target, "safe"):
         return values
@@ -335,6 +338,7 @@ class LasWriter(Writer):
         self.offsets_fixed = self.header_offsets_known(info)
 
     def make_header(self, info):
+        import numpy as np
         laspy = self.laspy
         facts = info.format_facts.get("las")
         names = set(info.dtype.names)
@@ -381,6 +385,7 @@ class LasWriter(Writer):
         return evlrs
 
     def extra_type(self, dtype):
+        import numpy as np
         if dtype.subdtype:
             base, shape = dtype.subdtype
             return f"{int(np.prod(shape))}{base.str.lstrip('<>|=')}"
@@ -389,6 +394,7 @@ class LasWriter(Writer):
         return dtype
 
     def header_offsets_known(self, info):
+        import numpy as np
         facts = info.format_facts.get("las")
         if isinstance(self.sink.options["offset"], list):
             self.header.offsets = np.array(self.sink.options["offset"])
@@ -401,6 +407,7 @@ class LasWriter(Writer):
         return False
 
     def open_writer(self, first_chunk=None):
+        import numpy as np
         if not self.offsets_fixed:
             if first_chunk is not None and len(first_chunk):
                 self.header.offsets = np.array([choose_offset(float(first_chunk[a].min()), s)
@@ -417,6 +424,7 @@ class LasWriter(Writer):
 
     def integers(self, chunk, axis, index, out):
         """The stored integers of one axis, written into `out`, refusing values that do not fit int32."""
+        import numpy as np
         scale, offset = self.header.scales[index], self.header.offsets[index]
         values = np.subtract(chunk[axis], offset)
         np.divide(values, scale, out=values)
@@ -431,11 +439,12 @@ class LasWriter(Writer):
     def append(self, records, chunk):
         """Stores the coordinates of `chunk` in `records` and writes them, keeping the header's bounds,
         counts and statistics up to date (what laspy's write_points does, without its sort per chunk)."""
+        import numpy as np
         header = self.writer.header
         if header.max_point_count() - header.point_count < len(records):
             raise SinkError(f"{self.where}: more points than a LAS {header.version} file can hold")
-        for index, (axis, field) in enumerate(zip(XYZ, "XYZ")):
-            low, high = self.integers(chunk, axis, index, records[field])
+        for index, (axis, stored) in enumerate(zip(XYZ, "XYZ")):
+            low, high = self.integers(chunk, axis, index, records[stored])
             scale, offset = header.scales[index], header.offsets[index]
             setattr(header, f"{axis}_min", min(getattr(header, f"{axis}_min"), low * scale + offset))
             setattr(header, f"{axis}_max", max(getattr(header, f"{axis}_max"), high * scale + offset))
@@ -450,6 +459,7 @@ class LasWriter(Writer):
         self.writer.point_writer.write_points(points)
 
     def write(self, chunk):
+        import numpy as np
         if self.writer is None:
             self.open_writer(chunk)
         if not len(chunk):

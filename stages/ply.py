@@ -5,7 +5,6 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 
 from pipeline import __version__
 from pipeline.errors import OptionError, SinkError, SourceError
@@ -106,6 +105,7 @@ def parse_header(path) -> PlyHeader:
 
 def vertex_layout(header):
     """The file's vertex record dtype and the chunk dtype (x, y, z as float64 first)."""
+    import numpy as np
     order = FORMATS[header.format] or "<"
     properties = header.vertex.properties
     file_dtype = np.dtype([(name, order + kind) for name, kind in properties])
@@ -119,6 +119,7 @@ def vertex_layout(header):
 
 
 def convert(records, chunk_dtype, renamed):
+    import numpy as np
     chunk = np.zeros(len(records), chunk_dtype)
     for name in records.dtype.names:
         chunk[renamed[name]] = records[name]
@@ -126,6 +127,7 @@ def convert(records, chunk_dtype, renamed):
 
 
 def _vertex_offset(path, header):
+    import numpy as np
     offset = header.length
     for element in header.elements:
         if element.name == "vertex":
@@ -138,6 +140,7 @@ def _vertex_offset(path, header):
 
 
 def _binary_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size):
+    import numpy as np
     offset = _vertex_offset(path, header)
     count = header.vertex.count
     available = (os.path.getsize(path) - offset) // file_dtype.itemsize
@@ -152,6 +155,7 @@ def _binary_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size):
 
 
 def _ascii_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size):
+    import numpy as np
     with open(path, "rb") as handle:
         handle.seek(header.length)
         for element in header.elements:
@@ -221,6 +225,7 @@ def shifted(chunk, offset):
 
 def ply_properties(dtype):
     """(property name, numpy type) for each column a chunk dtype becomes; arrays become name_0, name_1, ..."""
+    import numpy as np
     columns = []
     for name in dtype.names:
         field_dtype = dtype[name]
@@ -248,12 +253,14 @@ class ColourDepth:
 
     def decide(self, chunk):
         """Fixes the depth for the item from its first chunk, looking at every colour channel."""
+        import numpy as np
         if self.decided is None:
             present = [chunk[c] for c in COLOURS if c in chunk.dtype.names and chunk[c].dtype != np.uint8]
             high = max((int(v.max(initial=0)) for v in present), default=0)
             self.decided = self.mode if self.mode != "auto" else ("8bit" if high <= 255 else "16bit")
 
     def convert(self, name, values):
+        import numpy as np
         if values.dtype == np.uint8 or self.mode == "keep":
             return values
         if values.dtype.kind == "f":  # colours as fractions (0..1) or as float 0..255
@@ -277,6 +284,7 @@ class PlyWriter(Writer):
     PAD = 20
 
     def __init__(self, sink, item, info, temp):
+        import numpy as np
         self.where = f"{sink.label}: {item.name}"
         self.temp, self.ascii = temp, sink.options["ascii"]
         self.offset = self.choose_offset(sink.options["offset"], info)
@@ -321,6 +329,7 @@ class PlyWriter(Writer):
         return ("\n".join(lines) + "\n").encode("ascii")
 
     def flatten(self, chunk):
+        import numpy as np
         records = np.empty(len(chunk), self.file_dtype)
         column = 0
         for name in chunk.dtype.names:
@@ -336,6 +345,7 @@ class PlyWriter(Writer):
         return records
 
     def write(self, chunk):
+        import numpy as np
         if self.handle is None:
             self.start(chunk)
         for name in self.lossy:

@@ -4,7 +4,6 @@ import logging
 import re
 from contextlib import contextmanager
 
-import numpy as np
 
 from pipeline.errors import SourceError
 from pipeline.model import XYZ, PointStream, StreamInfo
@@ -58,6 +57,7 @@ def column_name(raw):
 
 
 def chunk_dtype(columns):
+    import numpy as np
     if any(axis not in columns for axis in ("x", "y")):
         raise ValueError(f"columns {list(columns)} need at least x and y")
     fields = [(axis, "f8") for axis in XYZ]
@@ -108,6 +108,7 @@ class TextTable:
                         block[2], block[2])
 
     def convert(self, batch, numbers):
+        import numpy as np
         width = len(self.columns)
         for words, number in zip(batch, numbers):
             if len(words) != width:

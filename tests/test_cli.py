@@ -13,7 +13,7 @@ import numpy as np
 import open3d
 
 from pipeline.cli import main
-from tests.conftest import REPO, make_las, write_config
+from tests.conftest import make_las, write_config
 from tests.plyfile_plain import read_plain_ply
 
 def demo_world_matrices(folder):

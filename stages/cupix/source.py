@@ -221,8 +221,8 @@ class DaemonPool:
     def __init__(self, workers):
         self.tasks = queue.SimpleQueue()
         self.workers = workers
-        for number in range(workers):
-            threading.Thread(target=self.work, name=f"cupix-download-{number}", daemon=True).start()
+        for worker in range(workers):
+            threading.Thread(target=self.work, name=f"cupix-download-{worker}", daemon=True).start()
 
     def submit(self, function, *args):
         future = Future()
