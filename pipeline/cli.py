@@ -12,7 +12,6 @@ from .errors import ConfigError, PipelineError, UsageError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 COMMAND_GROUP = "cupix_pipeline.commands"
-log = logging.getLogger("pipeline")
 
 
 def build_parser():
@@ -118,6 +117,7 @@ def report_error(error, debug):
 def configure_logging(quiet, verbose):
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.addLevelName(logging.ERROR, "error")
     logging.addLevelName(logging.WARNING, "warning")
     logging.addLevelName(logging.INFO, "info")
     logging.addLevelName(logging.DEBUG, "debug")
