@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 XYZ_FIELDS = [(axis, "f8") for axis in XYZ]
 READ_AHEAD = 1  # blocks read while the previous one is processed
+RAW_BLOCK = 1 << 18  # points per raw block: small enough to stay in cache-friendly, bounded memory
 HEADER_MIN_SIZE = 227
 VLR_HEADER_SIZE = 54
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
@@ -224,7 +225,7 @@ class RawRecords:
     def read_into_buffers(self):
         import numpy as np
         count = self.header.point_count
-        size = min(self.chunk_size, max(count, 1))
+        size = min(self.chunk_size, RAW_BLOCK, max(count, 1))
         buffers = [np.empty(size, self.dtype) for _ in range(READ_AHEAD + 2)]
         with open(self.path, "rb") as handle:
             handle.seek(self.header.offset_to_point_data)
