@@ -48,11 +48,12 @@ TEXT_SUFFIXES = (".pts", ".xyz", ".asc", ".txt", ".csv")
 def looks_like_points(name, head):
     """A text member of an archive is a point cloud when it is named like one and has rows of 3+ numbers
     (so a readme beside the cloud is not taken for one)."""
+    from .text import NUMBER
+
     if Path(name).suffix.lower() not in TEXT_SUFFIXES:
         return False
     rows = [line.replace(",", " ").replace(";", " ").split() for line in head.decode("ascii", "replace").splitlines()]
-    return any(len(row) >= 3 and all(w.lstrip("-+").replace(".", "", 1).replace("e", "", 1).isdigit() for w in row)
-               for row in rows[:5])
+    return any(len(row) >= 3 and all(NUMBER.match(word) for word in row) for row in rows[:5])
 
 
 def zip_member(file_path):
