@@ -191,6 +191,7 @@ def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda 
     writers = []
     try:
         with stages.source.read(item) as stream:
+            log.debug("item %d: reading %s", item.index, item.name)
             if fast and not shared and _process_raw(stages, item, stream, staging, result, on_points):
                 result.seconds = time.perf_counter() - started
                 return result

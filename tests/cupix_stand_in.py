@@ -30,6 +30,7 @@ class Faults:
     expire_first_links: int = 0  # the first N links given out are already expired (storage answers 403)
     disposition: dict = field(default_factory=dict)  # sub id -> raw Content-Disposition header
     storage_delay: float = 0.0  # seconds before each storage answer
+    slow: dict = field(default_factory=dict)  # sub id -> seconds before that sub's storage answer
 
 
 @dataclass
@@ -185,9 +186,10 @@ class CupixStandIn:
         with self.lock:
             self.storage_hits += 1
             hit = self.storage_hits
-        if self.faults.storage_delay:
+        delay = self.faults.storage_delay + self.faults.slow.get(path.split("/")[2] if path.count("/") >= 2 else "", 0)
+        if delay:
             import time
-            time.sleep(self.faults.storage_delay)
+            time.sleep(delay)
         if hit <= self.faults.storage_503:
             return self.send(handler, 503, b"", record=record)
         expires = query.get("X-Expires", [""])[0]

@@ -361,3 +361,21 @@ def test_ctrl_c_during_downloads_stops_at_once(tmp_path, capture):
     assert process.returncode == 130, stderr
     assert waited < 4  # not the 8 s the storage takes to answer
     assert not (tmp_path / "out").exists() or files_under(tmp_path / "out") == []
+
+
+def test_a_downloaded_item_is_processed_while_others_still_download(tmp_path, capture):
+    items, files = capture
+
+    def order(slow_sub):
+        with CupixStandIn(items, files, token=TOKEN, faults=Faults(slow={slow_sub: 2.0})) as stand_in:
+            done = pipeline("run", "-v", "--refresh", config(tmp_path, stand_in))
+        assert done.returncode == 0, done.stderr
+        lines = done.stderr.splitlines()
+        first_read = next(i for i, line in enumerate(lines) if "item 0: reading scan one.las" in line)
+        last_download = next(i for i, line in enumerate(lines) if "pointcloud 5313: downloaded" in line)
+        return first_read, last_download
+
+    first_read, last_download = order("5313")
+    assert first_read < last_download  # the first item is processed while the last one still downloads
+    first_read, last_download = order("5311")
+    assert last_download < first_read  # and the others download while the first one is slow
