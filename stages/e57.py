@@ -6,7 +6,6 @@ chunks); a file of several scans is one item whose chunks follow the scans in or
 import logging
 from contextlib import contextmanager
 
-
 from pipeline.errors import SourceError
 from pipeline.imports import require
 from pipeline.model import XYZ, PointStream, StreamInfo
@@ -14,6 +13,11 @@ from pipeline.model import XYZ, PointStream, StreamInfo
 log = logging.getLogger(__name__)
 
 COLOURS = {"colorRed": "red", "colorGreen": "green", "colorBlue": "blue"}
+GRID = {"rowIndex": "row_index", "columnIndex": "column_index"}
+CARTESIAN = {"cartesianX", "cartesianY", "cartesianZ"}
+SPHERICAL = {"sphericalRange", "sphericalAzimuth", "sphericalElevation"}
+# read as coordinates, or used to leave out invalid points
+HANDLED = CARTESIAN | SPHERICAL | {"intensity", "cartesianInvalidState", "sphericalInvalidState"}
 
 
 def open_e57(path):
@@ -32,18 +36,22 @@ def intensity_limits(header, values):
         return (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
 
 
-def scan_fields(e57, count):
-    """The union of the fields of every scan, as chunk fields."""
+def scan_fields(path, e57, count):
+    """The union of the fields of every scan, as chunk fields; fields pye57 cannot read are named in a warning."""
     import numpy as np
     fields = set()
     for index in range(count):
         fields |= set(e57.get_header(index).point_fields)
-    if not {"cartesianX", "cartesianY", "cartesianZ"} <= fields:
+    if not (CARTESIAN <= fields or SPHERICAL <= fields):
         return None
     dtype = [(axis, "f8") for axis in XYZ]
     if "intensity" in fields:
         dtype.append(("intensity", "u2"))
     dtype += [(name, "u1") for key, name in COLOURS.items() if key in fields]
+    dtype += [(name, "i4") for key, name in GRID.items() if key in fields]
+    dropped = sorted(fields - HANDLED - set(COLOURS) - set(GRID))
+    if dropped:
+        log.warning("%s: E57 fields %s are not carried over (pye57 does not read them)", path, ", ".join(dropped))
     return np.dtype(dtype)
 
 
@@ -53,7 +61,7 @@ def scan_chunk(path, e57, index, dtype):
     present = set(header.point_fields)
     try:
         data = e57.read_scan(index, intensity="intensity" in present, colors="colorRed" in present,
-                             ignore_missing_fields=True, transform=True)
+                             row_column="rowIndex" in present, ignore_missing_fields=True, transform=True)
     except Exception as error:
         raise SourceError(f"{path}: cannot read scan {index}: {error}") from error
     count = len(data["cartesianX"])
@@ -64,7 +72,7 @@ def scan_chunk(path, e57, index, dtype):
         low, high = intensity_limits(header, values)
         span = high - low if high > low else 1.0
         chunk["intensity"] = np.round(np.clip((values - low) / span, 0, 1) * 65535)
-    for key, name in COLOURS.items():
+    for key, name in {**COLOURS, **GRID}.items():
         if key in data and name in dtype.names:
             chunk[name] = data[key]
     return chunk
@@ -74,9 +82,9 @@ def scan_chunk(path, e57, index, dtype):
 def read_e57(path, chunk_size):
     e57 = open_e57(path)
     count = e57.scan_count
-    dtype = scan_fields(e57, count)
+    dtype = scan_fields(path, e57, count)
     if dtype is None:
-        raise SourceError(f"{path}: E57 scans without cartesian coordinates are not supported")
+        raise SourceError(f"{path}: E57 scans with neither cartesian nor spherical coordinates")
     poses = [{"rotation": e57.get_header(i).rotation.tolist(), "translation": e57.get_header(i).translation.tolist()}
              for i in range(count)]
     total = sum(e57.get_header(i).point_count for i in range(count))

@@ -129,3 +129,28 @@ def test_missing_pye57_is_a_one_line_error(tmp_path, registry, conformance, monk
     assert str(error.value) == ("cannot import pye57 (needed for E57 files): No module named 'pye57'; "
                                 "install it with: pip install pye57")
     assert not (tmp_path / "out").exists()
+
+
+def test_grid_indexes_are_kept_and_the_pose_applied(tmp_path, registry):
+    import pye57
+
+    from tests.plyfile_plain import read_plain_ply
+    from tests.stages.test_las import run
+
+    writer = pye57.E57(str(tmp_path / "grid.e57"), mode="w")
+    points = {"cartesianX": np.arange(5, dtype=float), "cartesianY": np.zeros(5), "cartesianZ": np.ones(5),
+              "rowIndex": np.arange(5, dtype=np.int32), "columnIndex": np.arange(5, dtype=np.int32) * 2}
+    writer.write_scan_raw(points, name="scan", rotation=np.array([1.0, 0, 0, 0]), translation=np.array([10.0, 0, 0]))
+    writer.close()
+    run(tmp_path, registry, """
+        version: 1
+        stages:
+          - type: source.files
+            paths: [grid.e57]
+          - type: sink.ply
+            path: out/{name}.ply
+    """)
+    ply = read_plain_ply(tmp_path / "out/grid.ply")
+    assert ply["x"].tolist() == [10.0, 11.0, 12.0, 13.0, 14.0]
+    assert ply["row_index"].tolist() == [0, 1, 2, 3, 4] and ply["column_index"].tolist() == [0, 2, 4, 6, 8]
+    assert ply.dtype["row_index"] == np.dtype("<i4")
