@@ -82,9 +82,10 @@ def invert(matrix):
     return inverse
 
 
-def apply(matrix, x, y, z, centre=(0.0, 0.0, 0.0)):
+def apply(matrix, x, y, z, centre=(0.0, 0.0, 0.0), out=None):
     """Applies an affine matrix to coordinate arrays, around `centre` to keep large coordinates precise:
-    p' = M·(p - c) + M·c, with the 3×3 part on the small differences and M·c computed once.
+    p' = M·(p - c) + M·c, with the 3×3 part on the small differences and M·c computed once. `out` may give
+    the three arrays to write into (e.g. the fields of a new chunk); they must not be x, y or z.
 
     >>> apply(as_matrix([[0, -1, 0, 10], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
     ...       np.array([1.0]), np.array([0.0]), np.array([5.0]), centre=(4e6, 0, 0))
@@ -98,7 +99,7 @@ def apply(matrix, x, y, z, centre=(0.0, 0.0, 0.0)):
     term = np.empty_like(differences[0])
     moved = []
     for row in range(3):  # ((r0·dx + r1·dy) + r2·dz) + m, in place: fewer passes over memory
-        result = np.multiply(differences[0], rotation[row, 0])
+        result = np.multiply(differences[0], rotation[row, 0], out=None if out is None else out[row])
         for column in (1, 2):
             result += np.multiply(differences[column], rotation[row, column], out=term)
         result += moved_centre[row]
@@ -116,8 +117,9 @@ def transform_bounds(matrix, bounds):
 
 def apply_to_chunk(matrix, chunk, centre):
     """A new chunk with x, y, z moved; every other field copied unchanged."""
-    moved = chunk.copy()
-    moved["x"], moved["y"], moved["z"] = apply(matrix, chunk["x"], chunk["y"], chunk["z"], centre)
+    import numpy as np
+    moved = chunk.copy() if len(chunk.dtype.names) > 3 else np.empty_like(chunk)
+    apply(matrix, chunk["x"], chunk["y"], chunk["z"], centre, out=(moved["x"], moved["y"], moved["z"]))
     return moved
 
 
