@@ -179,7 +179,11 @@ class Downloader:
                 return cached
         started = time.monotonic()
         temp = self.cache.folder / f".{safe_name(sub_id)}.download.part"
-        name, url = self.stream_to(temp, sub, endpoint)
+        try:
+            name, url = self.stream_to(temp, sub, endpoint)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
         final = self.cache.folder / name
         os.replace(temp, final)
         size = final.stat().st_size

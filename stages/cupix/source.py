@@ -2,10 +2,10 @@
 import fnmatch
 import logging
 import os
+import queue
 import re
 import threading
 import weakref
-import queue
 from concurrent.futures import Future
 from contextlib import contextmanager
 
