@@ -240,6 +240,28 @@ class RawRecords:
     def xyz(self, block):
         return scaled(block, self.header.scales, self.header.offsets)
 
+    def view(self, block, xyz, dtype):
+        """The block seen as a chunk of `dtype`, for a sink of another format (see RecordView)."""
+        return RecordView(block, xyz, self.header, dtype)
+
+
+class RecordView:
+    """Raw LAS records read like a chunk: x, y, z from the moved `xyz`, every other field decoded when asked
+    for, to the chunk's type, exactly as the chunk path decodes it (to_chunk)."""
+
+    def __init__(self, block, xyz, header, dtype):
+        self.xyz, self.dtype = xyz, dtype
+        self.points = laspy_module().ScaleAwarePointRecord(block, header.point_format, header.scales, header.offsets)
+
+    def __len__(self):
+        return len(self.xyz)
+
+    def __getitem__(self, name):
+        import numpy as np
+        if name in XYZ:
+            return self.xyz[name]
+        return np.asarray(self.points[name]).astype(self.dtype[name].base, copy=False)
+
 
 @contextmanager
 def read_las(path, chunk_size):

@@ -289,7 +289,8 @@ class PlyWriter(Writer):
         self.temp, self.ascii = temp, sink.options["ascii"]
         self.offset = self.choose_offset(sink.options["offset"], info)
         self.colours = ColourDepth(sink.options["colors"], self.where)
-        dtype = info.dtype
+        self.dtype = dtype = info.dtype
+        self.raw = None  # the reader's raw records, on the fast path
         self.columns = ply_properties(dtype)
         if self.offset is not None:
             self.columns = [(name, "f4" if name in XYZ else code) for name, code in self.columns]
@@ -360,6 +361,9 @@ class PlyWriter(Writer):
             records.tofile(self.handle)
         self.count += len(chunk)
 
+    def write_raw(self, block, xyz):
+        self.write(self.raw.view(block, xyz, self.dtype))
+
     def close(self):
         if self.handle is None:
             self.start()
@@ -393,3 +397,11 @@ class PlySink(Sink):
     def open(self, item, info, staging):
         final = self.targets(item)[0]
         return PlyWriter(self, item, info, staging.create(final))
+
+    def open_raw(self, item, info, raw, staging):
+        """The fast path from LAS records: their fields are decoded straight into the PLY records."""
+        if getattr(raw, "kind", None) != "las":
+            return None
+        writer = self.open(item, info, staging)
+        writer.raw = raw
+        return writer

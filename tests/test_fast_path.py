@@ -29,6 +29,8 @@ def run_both(tmp_path, registry, source, chunk_size=1000):
                 path: out/{{name}}.las
               - type: sink.las
                 path: out/{{name}}.laz
+              - type: sink.ply
+                path: out/{{name}}.ply
         """)
         cfg = config.load(path, registry)
         runner = Runner(cfg, registry, fast_path=fast)
@@ -46,6 +48,7 @@ def assert_same(outputs, stem):
         assert a.header.offsets.tolist() == b.header.offsets.tolist()
         assert list(a.header.number_of_points_by_return) == list(b.header.number_of_points_by_return)
         assert a.header.point_count == b.header.point_count
+    assert (fast / f"{stem}.ply").read_bytes() == (plain / f"{stem}.ply").read_bytes()
     assert fast_results[0].bounds_out == plain_results[0].bounds_out
     assert fast_results[0].points_out == plain_results[0].points_out
 
@@ -67,19 +70,21 @@ def test_fast_path_equals_plain_path_on_random_survey_data(tmp_path, registry):
     assert_same(outputs, "random")
 
 
-def test_a_ply_sink_takes_the_plain_path_for_the_whole_item(tmp_path, registry, conformance):
+def test_a_source_without_raw_records_takes_the_chunk_path(tmp_path, registry, conformance):
     path = write_config(tmp_path, f"""
         version: 1
         stages:
           - type: source.files
-            paths: ["{conformance / 'las/simple.las'}"]
+            paths: ["{conformance / 'ply/simple_binary.ply'}"]
+          - type: transform.matrix
+            matrix: {MOVE}
           - type: sink.las
             path: out/{{name}}.las
-          - type: sink.ply
-            path: out/{{name}}.ply
     """)
     cfg = config.load(path, registry)
     runner = Runner(cfg, registry)
-    runner.run(runner.plan())
-    original = laspy.read(conformance / "las/simple.las")
-    assert laspy.read(tmp_path / "out/simple.las").points.array.tobytes() == original.points.array.tobytes()
+    [result] = runner.run(runner.plan())
+    assert result.points_out == 3
+    cos30 = 0.8660254037844387
+    expected_x = [-cos30 + 350000.125, -0.5 + 350000.125, cos30 + 350000.125]  # (-1,0,0), (0,1,0), (1,0,0)
+    assert np.abs(laspy.read(tmp_path / "out/simple_binary.las").x - expected_x).max() <= 0.0005
