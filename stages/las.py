@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 XYZ_FIELDS = [(axis, "f8") for axis in XYZ]
 READ_AHEAD = 1  # blocks read while the previous one is processed
+LAZ_BATCH = 1 << 20  # points handed to lazrs at once: enough chunks for its parallel compression
 RAW_BLOCK = 1 << 16  # points per raw block: bounded memory that stays in cache (faster passes)
 HEADER_MIN_SIZE = 227
 VLR_HEADER_SIZE = 54
@@ -358,6 +359,7 @@ class LasWriter(Writer):
         self.header = self.make_header(info)
         self.evlrs = self.kept_evlrs(info)
         self.writer = None
+        self.batch, self.batched = None, 0  # LAZ records waiting for a bigger write (see store)
         self.offsets_fixed = self.header_offsets_known(info)
 
     def make_header(self, info):
@@ -479,7 +481,31 @@ class LasWriter(Writer):
         extra_bytes = header.vlrs.get("ExtraBytesVlr")
         if extra_bytes:
             extra_bytes[0].grow(points)
-        self.writer.point_writer.write_points(points)
+        self.store(records)
+
+    def store(self, records):
+        """Hands records to laspy; for LAZ, in batches of LAZ_BATCH points, so that lazrs compresses many
+        chunks in parallel per call (the fast path's blocks are small)."""
+        import numpy as np
+        if not self.compress:
+            self.writer.point_writer.write_points(self.laspy.PackedPointRecord(records, self.header.point_format))
+            return
+        if self.batch is None:
+            self.batch = np.empty(LAZ_BATCH, records.dtype)
+        start = 0
+        while start < len(records):
+            take = min(len(records) - start, LAZ_BATCH - self.batched)
+            self.batch[self.batched:self.batched + take] = records[start:start + take]
+            self.batched += take
+            start += take
+            if self.batched == LAZ_BATCH:
+                self.flush()
+
+    def flush(self):
+        if self.batched:
+            points = self.laspy.PackedPointRecord(self.batch[:self.batched], self.header.point_format)
+            self.writer.point_writer.write_points(points)
+            self.batched = 0
 
     def write(self, chunk):
         import numpy as np
@@ -515,6 +541,7 @@ class LasWriter(Writer):
     def close(self):
         if self.writer is None:
             self.open_writer()
+        self.flush()
         if self.evlrs:
             self.writer.write_evlrs(self.laspy.vlrs.vlrlist.VLRList(self.evlrs))
         self.writer.close()
