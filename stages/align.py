@@ -3,7 +3,6 @@ import logging
 import math
 from dataclasses import replace
 
-
 from pipeline.errors import OptionError, StageError
 from pipeline.model import Bounds
 from pipeline.options import Option, anything, boolean, choice, is_number, path, shown
@@ -55,6 +54,7 @@ def as_matrix(values, layout=None):
 def check_affine(matrix):
     """Raises ValueError unless the last row is 0 0 0 1.
 
+    >>> import numpy as np
     >>> check_affine(np.eye(4))
     >>> check_affine(np.ones((4, 4)))
     Traceback (most recent call last):
@@ -87,6 +87,7 @@ def apply(matrix, x, y, z, centre=(0.0, 0.0, 0.0), out=None):
     p' = M·(p - c) + M·c, with the 3×3 part on the small differences and M·c computed once. `out` may give
     the three arrays to write into (e.g. the fields of a new chunk); they must not be x, y or z.
 
+    >>> import numpy as np
     >>> apply(as_matrix([[0, -1, 0, 10], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
     ...       np.array([1.0]), np.array([0.0]), np.array([5.0]), centre=(4e6, 0, 0))
     (array([10.]), array([1.]), array([5.]))
@@ -246,6 +247,7 @@ def cupix_matrix(values, layout):
 def column_norms(matrix):
     """Lengths of the three columns of the 3×3 block: the scale a matrix carries.
 
+    >>> import numpy as np
     >>> column_norms(np.diag([2.0, 3.0, 4.0, 1.0])).tolist()
     [2.0, 3.0, 4.0]
     """
@@ -277,6 +279,7 @@ def difference(a, b):
 def scale_decision(mode, group, scale):
     """Whether the group's scale vector must be applied: (apply?, reason).
 
+    >>> import numpy as np
     >>> scale_decision("auto", np.eye(4), [2.0, 2.0, 2.0])
     (True, 'applied: the group matrix carries no scale')
     >>> scale_decision("auto", np.diag([2.0, 2.0, 2.0, 1.0]), [2.0, 2.0, 2.0])

@@ -7,10 +7,9 @@ import os
 import struct
 import threading
 from contextlib import contextmanager
-from queue import Queue
 from dataclasses import dataclass, field
 from pathlib import Path
-
+from queue import Queue
 
 from pipeline.errors import OptionError, SinkError, SourceError
 from pipeline.imports import require

@@ -5,7 +5,6 @@ import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-
 from pipeline import __version__
 from pipeline.errors import OptionError, SinkError, SourceError
 from pipeline.model import XYZ, PointStream, StreamInfo

@@ -4,7 +4,6 @@ import logging
 import re
 from contextlib import contextmanager
 
-
 from pipeline.errors import SourceError
 from pipeline.model import XYZ, PointStream, StreamInfo
 
