@@ -12,12 +12,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
+from .background import ahead
 from .errors import PipelineError
 from .model import Bounds, Item, union_bounds
 from .progress import Progress
 from .staging import Staging, file_digest
 
 log = logging.getLogger(__name__)
+
+COMPUTE_AHEAD = 1  # fast path: blocks whose coordinates are moved ahead of the one being written
 
 
 @dataclass
@@ -227,11 +230,17 @@ def _process_raw(stages, item, stream, staging, result, on_points):
     current = []
 
     def coordinates():
-        for block in raw.blocks():
+        # held at once: the block being written, COMPUTE_AHEAD queued, and the one being moved
+        for block in raw.blocks(held=COMPUTE_AHEAD + 2):
             current[:] = [block]
             yield raw.xyz(block)
 
     info, chunks = transformed(stages, item, stream.info, _counted(coordinates(), result, "in"))
+
+    def moved():  # in a background thread: the next block's coordinates are moved while this one is written
+        for chunk in _counted(chunks, result, "out"):
+            yield current[0], chunk
+
     writers = []
     try:
         for sink in stages.sinks:
@@ -239,9 +248,9 @@ def _process_raw(stages, item, stream, staging, result, on_points):
             if writer is None:
                 return False
             writers.append(writer)
-        for chunk in _counted(chunks, result, "out"):
+        for block, chunk in ahead(moved(), COMPUTE_AHEAD, name="move-coordinates"):
             for writer in writers:
-                writer.write_raw(current[0], chunk)
+                writer.write_raw(block, chunk)
             on_points(len(chunk))
         for writer in writers:
             writer.close()

@@ -5,12 +5,11 @@ import logging
 import math
 import os
 import struct
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from queue import Queue
 
+from pipeline.background import ahead
 from pipeline.errors import OptionError, SinkError, SourceError
 from pipeline.imports import require
 from pipeline.model import XYZ, PointStream, StreamInfo
@@ -153,26 +152,6 @@ def chunk_dtype(point_format):
     return np.dtype(fields)
 
 
-def read_ahead(blocks):
-    """Yields what `blocks` yields, with the next item produced by a background thread meanwhile."""
-    queue, done = Queue(maxsize=READ_AHEAD), object()
-
-    def produce():
-        try:
-            for block in blocks:
-                queue.put(block)
-            queue.put(done)
-        except BaseException as error:  # handed to the consumer
-            queue.put(error)
-
-    thread = threading.Thread(target=produce, name="las-read-ahead", daemon=True)
-    thread.start()
-    while (block := queue.get()) is not done:
-        if isinstance(block, BaseException):
-            raise block
-        yield block
-
-
 def scaled(records, scales, offsets, dtype=None):
     """Real-world x, y, z of raw point records, computed one way for every path: X * scale + offset."""
     import numpy as np
@@ -193,9 +172,9 @@ def to_chunk(points, dtype):
 class RawRecords:
     """The LAS point records of a file, as they are stored: what `PointStream.raw` offers.
 
-    Blocks are writable and are reused once the next block is asked for: a consumer finishes with one
-    block (sinks may overwrite its X, Y, Z) before taking the next. Uncompressed files are read straight
-    into a few rotating buffers by a read-ahead thread, so reading overlaps the work on the previous block.
+    Blocks are writable (sinks may overwrite their X, Y, Z); `held` says how many blocks the consumer may
+    still be using at once (the newest included), and a buffer is reused only after that. Uncompressed files are read straight into a few rotating buffers by a
+    read-ahead thread, so reading overlaps the work on the previous blocks.
     """
 
     kind = "las"
@@ -205,10 +184,12 @@ class RawRecords:
         self.compressed = compressed
         self.dtype = header.point_format.dtype()
 
-    def blocks(self):
+    def blocks(self, held=1):
         remaining = self.header.point_count
         try:
-            for block in (self.decompressed() if self.compressed else read_ahead(self.read_into_buffers())):
+            reader = (self.decompressed() if self.compressed
+                      else ahead(self.read_into_buffers(held), READ_AHEAD, name="las-read-ahead"))
+            for block in reader:
                 remaining -= len(block)
                 yield block
         except SourceError:
@@ -222,11 +203,12 @@ class RawRecords:
         for points in self.reader.chunk_iterator(self.chunk_size):
             yield points.array if points.array.flags.writeable else points.array.copy()
 
-    def read_into_buffers(self):
+    def read_into_buffers(self, held):
         import numpy as np
         count = self.header.point_count
         size = min(self.chunk_size, RAW_BLOCK, max(count, 1))
-        buffers = [np.empty(size, self.dtype) for _ in range(READ_AHEAD + 2)]
+        # blocks alive at once: `held` by the consumer, READ_AHEAD queued, one being read
+        buffers = [np.empty(size, self.dtype) for _ in range(held + READ_AHEAD + 1)]
         with open(self.path, "rb") as handle:
             handle.seek(self.header.offset_to_point_data)
             for number, start in enumerate(range(0, count, size)):
