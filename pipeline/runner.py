@@ -262,10 +262,14 @@ def _process_raw(stages, item, stream, staging, result, on_points):
             writer.abort()
 
 
+def _output_record(staging, sink_label, path):
+    """What the report says of one staged output: its sink, final path, size and sha256."""
+    size, digest = file_digest(staging.temporary(path))
+    return {"sink": sink_label, "path": path, "size": size, "sha256": digest}
+
+
 def _describe_outputs(plan, result, staging):
-    for sink_label, path in plan.targets[result.item.index]:
-        size, digest = file_digest(staging.temporary(path))
-        result.outputs.append({"sink": sink_label, "path": path, "size": size, "sha256": digest})
+    result.outputs += [_output_record(staging, label, path) for label, path in plan.targets[result.item.index]]
     return result
 
 
@@ -337,9 +341,7 @@ class Runner:
         finally:
             for writer, _ in shared:
                 writer.abort()
-        self.merged_outputs = [dict(zip(("sink", "path", "size", "sha256"),
-                                        (label, path, *file_digest(staging.temporary(path)))))
-                               for label, path in plan.merged]
+        self.merged_outputs = [_output_record(staging, label, path) for label, path in plan.merged]
         return results
 
     def _measure_bounds(self, items):

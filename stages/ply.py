@@ -1,6 +1,5 @@
 """PLY: a streaming reader for ascii and binary files (vertices only) and `sink.ply`."""
 import logging
-import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -10,6 +9,8 @@ from pipeline.errors import OptionError, SinkError, SourceError
 from pipeline.model import XYZ, PointStream, StreamInfo
 from pipeline.options import Option, boolean, choice, template, xyz_numbers
 from pipeline.stage import Sink, Writer
+
+from .las import choose_offset
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +305,7 @@ class PlyWriter(Writer):
     def start(self, chunk=None):
         if self.offset == "first chunk":
             has_points = chunk is not None and len(chunk)
-            self.offset = [float(math.floor(chunk[a].min())) if has_points else 0.0 for a in XYZ]
+            self.offset = [float(choose_offset(chunk[a].min(), 1.0)) if has_points else 0.0 for a in XYZ]
         self.handle = open(self.temp, "wb")
         self.handle.write(self.header(0))
 
@@ -316,7 +317,7 @@ class PlyWriter(Writer):
             return option
         if info.bounds is None:
             return "first chunk"
-        return [float(math.floor(v)) for v in info.bounds.mins]
+        return [float(choose_offset(v, 1.0)) for v in info.bounds.mins]
 
     def header(self, count):
         lines = ["ply", f"format {'ascii' if self.ascii else 'binary_little_endian'} 1.0",
