@@ -14,13 +14,14 @@ from typing import Optional
 
 from .background import ahead
 from .errors import PipelineError
+from .memory import keep_freed_memory
 from .model import Bounds, Item, union_bounds
 from .progress import Progress
 from .staging import Staging, file_digest
 
 log = logging.getLogger(__name__)
 
-COMPUTE_AHEAD = 1  # fast path: blocks whose coordinates are moved ahead of the one being written
+COMPUTE_AHEAD = 1  # fast path: blocks prepared ahead of the one being written
 
 
 @dataclass
@@ -174,11 +175,21 @@ def _whole_cloud(chunks, function, label, item, info):
     yield function(np.concatenate(parts) if parts else np.zeros(0, info.dtype))
 
 
-def transformed(stages: Stages, item: Item, info, chunks):
-    """The stream info after every transform, and the chunks passed through them (lazily)."""
+def started(stages: Stages, item: Item, info):
+    """Starts every transform on an item: the stream info after all of them, and for each transform
+    (transform, its chunk function, the stream info after it)."""
+    steps = []
     for transform in stages.transforms:
         info, function = transform.start(item, info)
-        chunks = (_whole_cloud(chunks, function, transform.label, item, info) if transform.whole_cloud
+        steps.append((transform, function, info))
+    return info, steps
+
+
+def transformed(stages: Stages, item: Item, info, chunks):
+    """The stream info after every transform, and the chunks passed through them (lazily)."""
+    info, steps = started(stages, item, info)
+    for transform, function, after in steps:
+        chunks = (_whole_cloud(chunks, function, transform.label, item, after) if transform.whole_cloud
                   else map(function, chunks))
     return info, chunks
 
@@ -222,36 +233,40 @@ def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda 
 
 def _process_raw(stages, item, stream, staging, result, on_points):
     """The fast path: a reader's raw records go to sinks that write them as they are, with only their
-    coordinates moved (computed exactly as on the plain path, from a chunk of x, y, z). False when the
-    reader, a transform or a sink cannot take part; nothing is then read."""
+    coordinates moved (computed exactly as on the plain path, from their x, y, z as model.Coordinates).
+    A background thread moves the blocks and has the sinks prepare them (numpy releases the GIL), while
+    this thread writes the previous ones.
+    False when the reader, a transform or a sink cannot take part; nothing is then read."""
     raw = stream.raw
     if raw is None or not all(t.coordinates_only and not t.whole_cloud for t in stages.transforms):
         return False
-    current = []
-
-    def coordinates():
-        # held at once: the block being written, COMPUTE_AHEAD queued, and the one being moved
-        for block in raw.blocks(held=COMPUTE_AHEAD + 2):
-            current[:] = [block]
-            yield raw.xyz(block)
-
-    info, chunks = transformed(stages, item, stream.info, _counted(coordinates(), result, "in"))
-
-    def moved():  # in a background thread: the next block's coordinates are moved while this one is written
-        for chunk in _counted(chunks, result, "out"):
-            yield current[0], chunk
-
+    info, steps = started(stages, item, stream.info)
     writers = []
+
+    def prepared(block):
+        xyz = moved = raw.xyz(block)
+        for _, function, _ in steps:
+            moved = function(moved)
+        own = [block] + [block.copy() for _ in writers[1:]]  # each writer may change its block
+        work = [writer.prepare_raw(mine, moved) for writer, mine in zip(writers, own)]
+        return len(block), Bounds.of(xyz), Bounds.of(moved), work
+
     try:
         for sink in stages.sinks:
             writer = sink.open_raw(item, info, raw, staging)
             if writer is None:
                 return False
             writers.append(writer)
-        for block, chunk in ahead(moved(), COMPUTE_AHEAD, name="move-coordinates"):
-            for writer in writers:
-                writer.write_raw(block, chunk)
-            on_points(len(chunk))
+        # held at once: the block being written, COMPUTE_AHEAD prepared, and the one being prepared
+        blocks = map(prepared, raw.blocks(held=COMPUTE_AHEAD + 2))
+        for count, bounds_in, bounds_out, work in ahead(blocks, COMPUTE_AHEAD, name="prepare-blocks"):
+            result.points_in += count
+            result.points_out += count
+            result.bounds_in = union_bounds(result.bounds_in, bounds_in)
+            result.bounds_out = union_bounds(result.bounds_out, bounds_out)
+            for writer, done in zip(writers, work):
+                writer.write_raw(done)
+            on_points(count)
         for writer in writers:
             writer.close()
         writers = []
@@ -291,6 +306,7 @@ class Runner:
 
     def run(self, plan: Plan) -> list:
         """Processes every item; on success renames all outputs into place, on any failure removes them."""
+        keep_freed_memory()
         staging = Staging()
         total_points = sum(i.point_count for i in plan.items) if all(i.point_count is not None for i in plan.items) else None
         self.progress.start(len(plan.items), total_points)

@@ -66,8 +66,8 @@ class Source(Stage):
 
 class Transform(Stage):
     kind = "transform"
-    # True when the chunk function only changes x, y and z, keeps every point, and works on a chunk that
-    # holds nothing but x, y, z: the runner may then move a reader's raw records (see PointStream.raw)
+    # True when the chunk function only changes x, y and z, keeps every point, and also takes a
+    # model.Coordinates (x, y, z alone): the runner may then move a reader's raw records (PointStream.raw)
     coordinates_only: ClassVar[bool] = False
 
     def prepare(self, items: list) -> None:
@@ -96,6 +96,15 @@ class Writer:
     def abort(self) -> None:
         """Releases resources after a failure; the runner deletes the staged files."""
 
+    # The fast path (see Sink.open_raw) hands each block of raw records to `prepare_raw` in a compute
+    # thread, then what it returned to `write_raw` in the runner's thread, both in block order; the next
+    # block may be prepared while this one is written. `block` is the writer's own to change.
+    def prepare_raw(self, block, xyz):
+        raise NotImplementedError
+
+    def write_raw(self, prepared) -> None:
+        raise NotImplementedError
+
 
 class Sink(Stage):
     kind = "sink"
@@ -109,6 +118,7 @@ class Sink(Stage):
         raise NotImplementedError
 
     def open_raw(self, item: Item, info: StreamInfo, raw, staging):
-        """A writer whose `write_raw(block, xyz)` takes a reader's raw records and their moved coordinates
-        (a chunk of x, y, z only), when this sink can write them without building chunks; else None."""
+        """A writer that takes a reader's raw records and their moved coordinates (a model.Coordinates)
+        through `prepare_raw` and `write_raw`, when this sink can write them without building chunks;
+        else None."""
         return None

@@ -4,7 +4,7 @@ import math
 from dataclasses import replace
 
 from pipeline.errors import OptionError, StageError
-from pipeline.model import Bounds
+from pipeline.model import XYZ, Bounds, Coordinates
 from pipeline.options import Option, anything, boolean, choice, is_number, path, shown
 from pipeline.stage import Transform
 
@@ -82,30 +82,30 @@ def invert(matrix):
     return inverse
 
 
-def apply(matrix, x, y, z, centre=(0.0, 0.0, 0.0), out=None):
-    """Applies an affine matrix to coordinate arrays, around `centre` to keep large coordinates precise:
-    p' = M·(p - c) + M·c, with the 3×3 part on the small differences and M·c computed once. `out` may give
-    the three arrays to write into (e.g. the fields of a new chunk); they must not be x, y or z.
+def apply(matrix, xyz, centre=(0.0, 0.0, 0.0)):
+    """Applies an affine matrix to x, y, z (the rows of a (3, n) array; a new one is returned), around
+    `centre` to keep large coordinates precise: p' = M·(p - c) + M·c, with the 3×3 part on the small
+    differences and M·c computed once. Each moved axis is ((r0·dx + r1·dy) + r2·dz) + M·c, one numpy
+    call per term for all three axes at once.
 
     >>> import numpy as np
     >>> apply(as_matrix([[0, -1, 0, 10], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
-    ...       np.array([1.0]), np.array([0.0]), np.array([5.0]), centre=(4e6, 0, 0))
-    (array([10.]), array([1.]), array([5.]))
+    ...       np.array([[1.0], [0.0], [5.0]]), centre=(4e6, 0, 0))
+    array([[10.],
+           [ 1.],
+           [ 5.]])
     """
     import numpy as np
     rotation = matrix[:3, :3]
     centre = np.asarray(centre, dtype=np.float64)
     moved_centre = rotation @ centre + matrix[:3, 3]
-    differences = [np.subtract(values, origin) for values, origin in zip((x, y, z), centre)]
-    term = np.empty_like(differences[0])
-    moved = []
-    for row in range(3):  # ((r0·dx + r1·dy) + r2·dz) + m, in place: fewer passes over memory
-        result = np.multiply(differences[0], rotation[row, 0], out=None if out is None else out[row])
-        for column in (1, 2):
-            result += np.multiply(differences[column], rotation[row, column], out=term)
-        result += moved_centre[row]
-        moved.append(result)
-    return tuple(moved)
+    differences = np.subtract(xyz, centre[:, None])
+    moved = np.multiply(differences[0], rotation[:, 0:1])
+    term = np.empty_like(moved)
+    for column in (1, 2):
+        moved += np.multiply(differences[column], rotation[:, column:column + 1], out=term)
+    moved += moved_centre[:, None]
+    return moved
 
 
 def transform_bounds(matrix, bounds):
@@ -117,10 +117,14 @@ def transform_bounds(matrix, bounds):
 
 
 def apply_to_chunk(matrix, chunk, centre):
-    """A new chunk with x, y, z moved; every other field copied unchanged."""
+    """A new chunk with x, y, z moved; every other field copied unchanged. Coordinates (the fast path's
+    chunks) give new Coordinates."""
     import numpy as np
+    if isinstance(chunk, Coordinates):
+        return Coordinates(apply(matrix, chunk.xyz, centre))
     moved = chunk.copy() if len(chunk.dtype.names) > 3 else np.empty_like(chunk)
-    apply(matrix, chunk["x"], chunk["y"], chunk["z"], centre, out=(moved["x"], moved["y"], moved["z"]))
+    for axis, values in zip(XYZ, apply(matrix, Coordinates.of(chunk).xyz, centre)):
+        moved[axis] = values
     return moved
 
 

@@ -12,16 +12,15 @@ from pathlib import Path
 from pipeline.background import ahead
 from pipeline.errors import OptionError, SinkError, SourceError
 from pipeline.imports import require
-from pipeline.model import XYZ, PointStream, StreamInfo
+from pipeline.model import XYZ, Coordinates, PointStream, StreamInfo
 from pipeline.options import Option, boolean, one_of_values, template, xyz_numbers
 from pipeline.stage import Sink, Writer
 
 log = logging.getLogger(__name__)
 
-XYZ_FIELDS = [(axis, "f8") for axis in XYZ]
 READ_AHEAD = 1  # blocks read while the previous one is processed
 LAZ_BATCH = 1 << 20  # points handed to lazrs at once: enough chunks for its parallel compression
-RAW_BLOCK = 1 << 16  # points per raw block: bounded memory that stays in cache (faster passes)
+RAW_BLOCK = 1 << 15  # points per raw block: a few numpy calls per block, each over data that stays in cache
 HEADER_MIN_SIZE = 227
 VLR_HEADER_SIZE = 54
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
@@ -152,18 +151,30 @@ def chunk_dtype(point_format):
     return np.dtype(fields)
 
 
-def scaled(records, scales, offsets, dtype=None):
-    """Real-world x, y, z of raw point records, computed one way for every path: X * scale + offset."""
+def stored_xyz(records):
+    """The X, Y, Z integers of LAS point records (the first three fields of every point format) as a
+    (3, n) int32 view, writable when the records are."""
     import numpy as np
-    chunk = np.empty(len(records), dtype if dtype is not None else XYZ_FIELDS)
-    for axis, name, scale, offset in zip(XYZ, ("X", "Y", "Z"), scales, offsets):
-        np.multiply(records[name], scale, out=chunk[axis], dtype=np.float64)
-        chunk[axis] += offset
-    return chunk
+    if records.flags.c_contiguous:
+        return np.ndarray((3, len(records)), "<i4", records, strides=(4, records.dtype.itemsize))
+    from numpy.lib.recfunctions import structured_to_unstructured
+    return structured_to_unstructured(records[["X", "Y", "Z"]], copy=False).T
+
+
+def scaled(records, scales, offsets):
+    """Real-world x, y, z of LAS point records, computed one way for every path: X * scale + offset."""
+    import numpy as np
+    xyz = np.empty((3, len(records)))  # rows contiguous, whatever the layout of the records
+    np.multiply(stored_xyz(records), np.asarray(scales, dtype=np.float64)[:, None], out=xyz)
+    xyz += np.asarray(offsets, dtype=np.float64)[:, None]
+    return Coordinates(xyz)
 
 
 def to_chunk(points, dtype):
-    chunk = scaled(points.array, points.scales, points.offsets, dtype)
+    import numpy as np
+    chunk = np.empty(len(points), dtype)
+    for axis, values in zip(XYZ, scaled(points.array, points.scales, points.offsets).xyz):
+        chunk[axis] = values
     for name in dtype.names[3:]:
         chunk[name] = points[name]
     return chunk
@@ -220,6 +231,7 @@ class RawRecords:
                 yield block
 
     def xyz(self, block):
+        """The block's real-world coordinates, as on the chunk path (see `scaled`)."""
         return scaled(block, self.header.scales, self.header.offsets)
 
     def view(self, block, xyz, dtype):
@@ -412,15 +424,20 @@ class LasWriter(Writer):
             return True
         return False
 
-    def open_writer(self, first_chunk=None):
+    def fix_offsets(self, first_chunk=None):
+        """Chooses the offsets from the first chunk, when the stream's bounds did not fix them."""
         import numpy as np
-        if not self.offsets_fixed:
-            if first_chunk is not None and len(first_chunk):
-                self.header.offsets = np.array([choose_offset(float(first_chunk[a].min()), s)
-                                                for a, s in zip(XYZ, self.header.scales)])
-            else:
-                self.header.offsets = np.zeros(3)
-            self.offsets_fixed = True
+        if self.offsets_fixed:
+            return
+        if first_chunk is not None and len(first_chunk):
+            self.header.offsets = np.array([choose_offset(float(first_chunk[a].min()), s)
+                                            for a, s in zip(XYZ, self.header.scales)])
+        else:
+            self.header.offsets = np.zeros(3)
+        self.offsets_fixed = True
+
+    def open_writer(self):
+        self.fix_offsets()
         backend = self.laspy.LazBackend.detect_available() if self.compress else None
         try:
             self.writer = self.laspy.open(str(self.temp), mode="w", header=self.header, do_compress=self.compress,
@@ -428,40 +445,50 @@ class LasWriter(Writer):
         except Exception as error:
             raise SinkError(f"{self.where}: cannot write {self.temp.name}: {error}") from error
 
-    def integers(self, chunk, axis, index, out):
-        """The stored integers of one axis, written into `out`, refusing values that do not fit int32."""
+    def measured(self, records, coordinates):
+        """Stores `coordinates` (model.Coordinates) in the X, Y, Z of `records`, refusing values that do
+        not fit int32, and returns the records with what the header needs to know of them: the lowest and
+        highest integers of each axis and the count of each return number. Needs no file, so the fast path
+        runs it in its compute threads."""
         import numpy as np
-        scale, offset = self.header.scales[index], self.header.offsets[index]
-        values = np.subtract(chunk[axis], offset)
-        np.divide(values, scale, out=values)
-        np.round(values, out=values)
-        low, high = values.min(), values.max()
-        if not (INT32_MIN <= low and high <= INT32_MAX):  # also false for NaN
-            raise SinkError(f"{self.where}: {axis} values {chunk[axis].min()}..{chunk[axis].max()} do not fit LAS "
-                            f"32-bit integers with scale {scale:g} and offset {offset:g}")
-        out[...] = values
-        return int(low), int(high)
+        if not len(records):
+            return records, [], np.zeros(16, np.int64)
+        self.fix_offsets(coordinates)
+        scales, offsets = self.header.scales, self.header.offsets
+        values = np.subtract(coordinates.xyz, offsets[:, None])
+        values /= scales[:, None]
+        np.rint(values, out=values)
+        lows, highs = values.min(axis=1), values.max(axis=1)
+        for index, axis in enumerate(XYZ):
+            if not (INT32_MIN <= lows[index] and highs[index] <= INT32_MAX):  # also false for NaN
+                values = coordinates[axis]
+                raise SinkError(f"{self.where}: {axis} values {values.min()}..{values.max()} do not fit LAS 32-bit "
+                                f"integers with scale {scales[index]:g} and offset {offsets[index]:g}")
+        for stored, row in zip(stored_xyz(records), values):  # row by row: faster than one strided copy
+            stored[...] = row
+        points = self.laspy.PackedPointRecord(records, self.header.point_format)
+        ranges = list(zip(lows.astype(np.int64).tolist(), highs.astype(np.int64).tolist()))
+        return records, ranges, np.bincount(np.asarray(points.return_number), minlength=16)
 
-    def append(self, records, chunk):
-        """Stores the coordinates of `chunk` in `records` and writes them, keeping the header's bounds,
-        counts and statistics up to date (what laspy's write_points does, without its sort per chunk)."""
-        import numpy as np
+    def append(self, measured):
+        """Writes measured records (see `measured`), keeping the header's bounds and counts up to date
+        (what laspy's write_points does, without its sort per chunk)."""
+        records, ranges, counts = measured
+        if self.writer is None:
+            self.open_writer()
         header = self.writer.header
         if header.max_point_count() - header.point_count < len(records):
             raise SinkError(f"{self.where}: more points than a LAS {header.version} file can hold")
-        for index, (axis, stored) in enumerate(zip(XYZ, "XYZ")):
-            low, high = self.integers(chunk, axis, index, records[stored])
+        for index, (axis, (low, high)) in enumerate(zip(XYZ, ranges)):
             scale, offset = header.scales[index], header.offsets[index]
             setattr(header, f"{axis}_min", min(getattr(header, f"{axis}_min"), low * scale + offset))
             setattr(header, f"{axis}_max", max(getattr(header, f"{axis}_max"), high * scale + offset))
-        points = self.laspy.PackedPointRecord(records, header.point_format)
         by_return = header.number_of_points_by_return
-        counts = np.bincount(np.asarray(points.return_number), minlength=16)
         by_return[:] += counts[1:len(by_return) + 1].astype(by_return.dtype)
         header.point_count += len(records)
         extra_bytes = header.vlrs.get("ExtraBytesVlr")
         if extra_bytes:
-            extra_bytes[0].grow(points)
+            extra_bytes[0].grow(self.laspy.PackedPointRecord(records, header.point_format))
         self.store(records)
 
     def store(self, records):
@@ -490,10 +517,9 @@ class LasWriter(Writer):
 
     def write(self, chunk):
         import numpy as np
-        if self.writer is None:
-            self.open_writer(chunk)
         if not len(chunk):
             return
+        self.fix_offsets(chunk)
         records = np.zeros(len(chunk), self.header.point_format.dtype())
         record = self.laspy.ScaleAwarePointRecord(records, self.header.point_format, self.header.scales,
                                                   self.header.offsets)  # scaled extra dims take real values
@@ -509,15 +535,15 @@ class LasWriter(Writer):
                     raise SinkError(f"{self.where}: field {name!r} has value {values.max()} that does not fit "
                                     f"its {dimension.num_bits} bits")
             record[name] = values
-        self.append(records, chunk)
+        self.append(self.measured(records, Coordinates.of(chunk)))
 
-    def write_raw(self, block, xyz):
-        """Writes raw records of the writer's own point format, their X, Y, Z (overwritten in the block,
-        which the reader hands out for this) computed from `xyz`."""
-        if self.writer is None:
-            self.open_writer(xyz)
-        if len(block):
-            self.append(block, xyz)
+    def prepare_raw(self, block, xyz):
+        """Raw records of the writer's own point format get their X, Y, Z from `xyz` (see Writer)."""
+        return self.measured(block, xyz)
+
+    def write_raw(self, prepared):
+        if len(prepared[0]):
+            self.append(prepared)
 
     def close(self):
         if self.writer is None:

@@ -302,10 +302,9 @@ class PlyWriter(Writer):
                                     for name, code in self.columns])
         self.handle = None  # opened at the first chunk, when an `auto` offset can be known
 
-    def start(self, chunk=None):
-        if self.offset == "first chunk":
-            has_points = chunk is not None and len(chunk)
-            self.offset = [float(choose_offset(chunk[a].min(), 1.0)) if has_points else 0.0 for a in XYZ]
+    def start(self):
+        if self.offset == "first chunk":  # no points came
+            self.offset = [0.0, 0.0, 0.0]
         self.handle = open(self.temp, "wb")
         self.handle.write(self.header(0))
 
@@ -346,23 +345,35 @@ class PlyWriter(Writer):
         return records
 
     def write(self, chunk):
+        self.write_records(self.records(chunk))
+
+    def records(self, chunk):
+        """The file records of a chunk; needs no file, so the fast path runs it in its compute thread."""
         import numpy as np
-        if self.handle is None:
-            self.start(chunk)
+        if self.offset == "first chunk" and len(chunk):
+            self.offset = [float(choose_offset(chunk[a].min(), 1.0)) for a in XYZ]
         for name in self.lossy:
             if len(chunk) and np.abs(chunk[name].astype(np.float64)).max() > 2 ** 53:
                 raise SinkError(f"{self.where}: field {name!r} has 64-bit integers that PLY cannot store exactly")
         self.colours.decide(chunk)
-        records = self.flatten(chunk)
+        return self.flatten(chunk)
+
+    def write_records(self, records):
+        import numpy as np
+        if self.handle is None:
+            self.start()
         if self.ascii:
             formats = [{"f8": "%.17g", "f4": "%.9g"}.get(code, "%d") for _, code in self.columns]
             np.savetxt(self.handle, records, fmt=formats)
         else:
             records.tofile(self.handle)
-        self.count += len(chunk)
+        self.count += len(records)
 
-    def write_raw(self, block, xyz):
-        self.write(self.raw.view(block, xyz, self.dtype))
+    def prepare_raw(self, block, xyz):
+        return self.records(self.raw.view(block, xyz, self.dtype))
+
+    def write_raw(self, prepared):
+        self.write_records(prepared)
 
     def close(self):
         if self.handle is None:

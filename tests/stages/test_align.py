@@ -74,7 +74,7 @@ def test_matrix_file_rows_and_flat(tmp_path):
 
 def test_worked_example_rotation_and_translation():
     quarter_turn = as_matrix([[0, -1, 0, 100], [1, 0, 0, 200], [0, 0, 1, 5], [0, 0, 0, 1]])
-    x, y, z = apply(quarter_turn, np.array([1.0, 2.0]), np.array([0.0, 3.0]), np.array([0.0, 1.0]))
+    x, y, z = apply(quarter_turn, np.array([[1.0, 2.0], [0.0, 3.0], [0.0, 1.0]]))
     assert x.tolist() == [100.0, 97.0]
     assert y.tolist() == [201.0, 202.0]
     assert z.tolist() == [5.0, 6.0]
@@ -90,8 +90,8 @@ def test_apply_then_inverse_returns_survey_coordinates(yaw, pitch, roll, transla
     z = 50 + rng.uniform(-10, 10, 50)
     matrix = rigid(yaw, pitch, roll, translation)
     centre = (500_000.0, 4_000_000.0, 50.0)
-    moved = apply(matrix, x, y, z, centre)
-    back = apply(invert(matrix), *moved, centre=tuple(np.round([m.mean() for m in moved])))
+    moved = apply(matrix, np.stack([x, y, z]), centre)
+    back = apply(invert(matrix), moved, centre=tuple(np.round(moved.mean(axis=1))))
     for original, returned in zip((x, y, z), back):
         assert np.abs(original - returned).max() < 1e-7
 
@@ -101,7 +101,7 @@ def test_bounds_of_moved_points_lie_inside_moved_bounds():
     points = rng.uniform(-50, 50, (1000, 3))
     matrix = rigid(0.7, 0.2, -0.4, (300_000, 4_000_000, 50))
     bounds = Bounds(tuple(points.min(axis=0)), tuple(points.max(axis=0)))
-    moved = np.stack(apply(matrix, *points.T), axis=1)
+    moved = apply(matrix, points.T).T
     box = transform_bounds(matrix, bounds)
     assert np.all(moved >= np.array(box.mins) - 1e-9) and np.all(moved <= np.array(box.maxs) + 1e-9)
 
