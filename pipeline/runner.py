@@ -58,6 +58,7 @@ class ItemResult:
     bounds_out: Optional[Bounds] = None
     applied: tuple = ()
     outputs: list = field(default_factory=list)  # {"sink", "path", "size", "sha256"}
+    checksums: dict = field(default_factory=dict)  # staged path -> (size, sha256), from writers that hashed
     seconds: float = 0.0
 
 
@@ -220,8 +221,7 @@ def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda 
                 for writer, dtype in shared:
                     writer.write(conform(chunk, dtype))
                 on_points(len(chunk))
-            for writer in writers:
-                writer.close()
+            _close(writers, result.checksums)
             writers = []
             result.applied = info.applied
     finally:
@@ -267,8 +267,7 @@ def _process_raw(stages, item, stream, staging, result, on_points):
             for writer, done in zip(writers, work):
                 writer.write_raw(done)
             on_points(count)
-        for writer in writers:
-            writer.close()
+        _close(writers, result.checksums)
         writers = []
         result.applied = info.applied
         return True
@@ -277,14 +276,24 @@ def _process_raw(stages, item, stream, staging, result, on_points):
             writer.abort()
 
 
-def _output_record(staging, sink_label, path):
-    """What the report says of one staged output: its sink, final path, size and sha256."""
-    size, digest = file_digest(staging.temporary(path))
+def _close(writers, checksums):
+    """Closes writers, collecting the checksums they computed while writing."""
+    for writer in writers:
+        writer.close()
+        checksums.update(writer.checksums())
+
+
+def _output_record(staging, sink_label, path, checksums):
+    """What the report says of one staged output: its sink, final path, size and sha256 (read back from
+    the file unless its writer computed it)."""
+    temporary = staging.temporary(path)
+    size, digest = checksums.get(str(temporary)) or file_digest(temporary)
     return {"sink": sink_label, "path": path, "size": size, "sha256": digest}
 
 
 def _describe_outputs(plan, result, staging):
-    result.outputs += [_output_record(staging, label, path) for label, path in plan.targets[result.item.index]]
+    result.outputs += [_output_record(staging, label, path, result.checksums)
+                       for label, path in plan.targets[result.item.index]]
     return result
 
 
@@ -346,18 +355,17 @@ class Runner:
             info = replace(info, bounds=self._measure_bounds(plan.items))
         item = Item(id="merged", name="merged", index=-1, location="merged items",
                     fields=plan.items[0].fields)
-        shared = []
+        shared, checksums = [], {}
         try:
             for sink in filter(is_merging, self.stages.sinks):
                 shared.append((sink.open(item, info, staging), info.dtype))
             results = self._run_here(plan, staging, shared)
-            for writer, _ in shared:
-                writer.close()
+            _close([writer for writer, _ in shared], checksums)
             shared = []
         finally:
             for writer, _ in shared:
                 writer.abort()
-        self.merged_outputs = [_output_record(staging, label, path) for label, path in plan.merged]
+        self.merged_outputs = [_output_record(staging, label, path, checksums) for label, path in plan.merged]
         return results
 
     def _measure_bounds(self, items):

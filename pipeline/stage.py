@@ -96,6 +96,11 @@ class Writer:
     def abort(self) -> None:
         """Releases resources after a failure; the runner deletes the staged files."""
 
+    def checksums(self) -> dict:
+        """After `close`: {staged path: (size, sha256)} of the files whose checksum this writer computed
+        while writing them, so that the runner need not read them again for the report."""
+        return {}
+
     # The fast path (see Sink.open_raw) hands each block of raw records to `prepare_raw` in a compute
     # thread, then what it returned to `write_raw` in the runner's thread, both in block order; the next
     # block may be prepared while this one is written. `block` is the writer's own to change.

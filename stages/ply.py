@@ -1,4 +1,5 @@
 """PLY: a streaming reader for ascii and binary files (vertices only) and `sink.ply`."""
+import hashlib
 import logging
 import os
 from contextlib import contextmanager
@@ -297,6 +298,8 @@ class PlyWriter(Writer):
         if sink.options["colors"] != "keep":
             self.columns = [(name, "u1" if name in COLOURS else code) for name, code in self.columns]
         self.count = 0
+        self.expected = info.point_count or 0  # the header's count from the start; corrected at close
+        self.hash = None  # sha256 of the bytes written, kept while the file is written front to back
         self.lossy = [name for name in dtype.names if dtype[name].base.kind in "iu" and dtype[name].base.itemsize == 8]
         self.file_dtype = np.dtype([(name, "<" + code if code not in ("u1", "i1") else code)
                                     for name, code in self.columns])
@@ -306,7 +309,9 @@ class PlyWriter(Writer):
         if self.offset == "first chunk":  # no points came
             self.offset = [0.0, 0.0, 0.0]
         self.handle = open(self.temp, "wb")
-        self.handle.write(self.header(0))
+        header = self.header(self.expected)
+        self.hash = None if self.ascii else hashlib.sha256(header)
+        self.handle.write(header)
 
     @staticmethod
     def choose_offset(option, info):
@@ -366,7 +371,9 @@ class PlyWriter(Writer):
             formats = [{"f8": "%.17g", "f4": "%.9g"}.get(code, "%d") for _, code in self.columns]
             np.savetxt(self.handle, records, fmt=formats)
         else:
-            records.tofile(self.handle)
+            data = memoryview(records).cast("B")  # a new contiguous array
+            self.hash.update(data)
+            self.handle.write(data)
         self.count += len(records)
 
     def prepare_raw(self, block, xyz):
@@ -378,9 +385,16 @@ class PlyWriter(Writer):
     def close(self):
         if self.handle is None:
             self.start()
-        self.handle.seek(0)
-        self.handle.write(self.header(self.count))
+        if self.count != self.expected:
+            self.handle.seek(0)
+            self.handle.write(self.header(self.count))
+            self.hash = None
         self.handle.close()
+
+    def checksums(self):
+        if self.hash is None:
+            return {}
+        return {str(self.temp): (os.path.getsize(self.temp), self.hash.hexdigest())}
 
     def abort(self):
         if self.handle is not None:

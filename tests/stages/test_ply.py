@@ -1,3 +1,6 @@
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import open3d
 import pytest
@@ -81,3 +84,22 @@ def test_sink_writes_every_attribute_and_the_final_count(tmp_path, registry, con
     assert np.array_equal(np.asarray(cloud.points)[:, 2], original.z)
     header = (tmp_path / "out/extrabytes.ply").read_bytes().split(b"end_header\n")[0].decode()
     assert "element vertex 1065\n" in header
+
+
+@pytest.mark.parametrize("source, hashed_while_writing", [("las/1.2-with-color.las", True), ("xyz/data.xyz", False)])
+def test_report_checksum_is_the_file_s_whether_hashed_while_writing_or_read_back(
+        tmp_path, registry, conformance, source, hashed_while_writing):
+    # LAS says its point count up front, so the header is final from the start and the file is hashed as it
+    # is written; a text file does not, so the header is rewritten at the end and the file is read back
+    (result,) = run(tmp_path, registry, f"""
+        version: 1
+        stages:
+          - type: source.files
+            paths: ["{conformance / source}"]
+          - type: sink.ply
+            path: out/{{name}}.ply
+    """)
+    (output,) = result.outputs
+    written = Path(output["path"]).read_bytes()
+    assert output["sha256"] == hashlib.sha256(written).hexdigest() and output["size"] == len(written)
+    assert bool(result.checksums) is hashed_while_writing
