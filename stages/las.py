@@ -1,5 +1,6 @@
 """LAS and LAZ: a streaming reader that checks the header before laspy sees it, and `sink.las`."""
 import copy
+import functools
 import io
 import logging
 import math
@@ -239,22 +240,52 @@ class RawRecords:
         return RecordView(block, xyz, self.header, dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def packed_fields(point_format_id):
+    """The fields a LAS point format packs into bits: name -> (stored field, mask, shift)."""
+    from laspy.point.dims import get_sub_fields_dict
+    return {name: (stored, sub.mask, (sub.mask & -sub.mask).bit_length() - 1)
+            for name, (stored, sub) in get_sub_fields_dict(point_format_id).items()}
+
+
+def unpacked(records, packed):
+    """The values of one bit-packed field (see packed_fields) of LAS point records, as laspy decodes them."""
+    import numpy as np
+    stored, mask, shift = packed
+    values = np.bitwise_and(records[stored], mask)
+    values >>= shift
+    return values
+
+
 class RecordView:
     """Raw LAS records read like a chunk: x, y, z from the moved `xyz`, every other field decoded when asked
-    for, to the chunk's type, exactly as the chunk path decodes it (to_chunk)."""
+    for, to the chunk's type, exactly as the chunk path decodes it (to_chunk): fields stored as the chunk
+    holds them are handed out as they are, bit fields are unpacked, and laspy decodes the rest (scaled
+    extra dimensions)."""
 
     def __init__(self, block, xyz, header, dtype):
-        self.xyz, self.dtype = xyz, dtype
-        self.points = laspy_module().ScaleAwarePointRecord(block, header.point_format, header.scales, header.offsets)
+        self.block, self.xyz, self.dtype, self.header = block, xyz, dtype, header
+        self.packed = packed_fields(header.point_format.id)
 
     def __len__(self):
         return len(self.xyz)
+
+    def stored_as_is(self, name):
+        """True when the block stores field `name` exactly as the chunk would hold it."""
+        return name in self.block.dtype.names and name not in self.packed and self.block.dtype[name] == self.dtype[name]
 
     def __getitem__(self, name):
         import numpy as np
         if name in XYZ:
             return self.xyz[name]
-        return np.asarray(self.points[name]).astype(self.dtype[name].base, copy=False)
+        wanted = self.dtype[name]
+        if name in self.packed:
+            return unpacked(self.block, self.packed[name]).astype(wanted.base, copy=False)
+        if self.stored_as_is(name):
+            return self.block[name]
+        points = laspy_module().ScaleAwarePointRecord(self.block, self.header.point_format, self.header.scales,
+                                                      self.header.offsets)
+        return np.asarray(points[name]).astype(wanted.base, copy=False)
 
 
 @contextmanager
@@ -466,9 +497,9 @@ class LasWriter(Writer):
                                 f"integers with scale {scales[index]:g} and offset {offsets[index]:g}")
         for stored, row in zip(stored_xyz(records), values):  # row by row: faster than one strided copy
             stored[...] = row
-        points = self.laspy.PackedPointRecord(records, self.header.point_format)
+        returns = unpacked(records, packed_fields(self.header.point_format.id)["return_number"])
         ranges = list(zip(lows.astype(np.int64).tolist(), highs.astype(np.int64).tolist()))
-        return records, ranges, np.bincount(np.asarray(points.return_number), minlength=16)
+        return records, ranges, np.bincount(returns, minlength=16)
 
     def append(self, measured):
         """Writes measured records (see `measured`), keeping the header's bounds and counts up to date
