@@ -11,7 +11,7 @@ from pipeline.model import XYZ, PointStream, StreamInfo
 from pipeline.options import Option, boolean, choice, template, xyz_numbers
 from pipeline.stage import Sink, Writer
 
-from .las import choose_offset
+from .las import RecordView, choose_offset
 
 log = logging.getLogger(__name__)
 
@@ -292,6 +292,7 @@ class PlyWriter(Writer):
         self.colours = ColourDepth(sink.options["colors"], self.where)
         self.dtype = dtype = info.dtype
         self.raw = None  # the reader's raw records, on the fast path
+        self.las_plan = None  # how raw LAS records fill our records (see copy_las_fields)
         self.columns = ply_properties(dtype)
         if self.offset is not None:
             self.columns = [(name, "f4" if name in XYZ else code) for name, code in self.columns]
@@ -336,8 +337,12 @@ class PlyWriter(Writer):
     def flatten(self, chunk):
         import numpy as np
         records = np.empty(len(chunk), self.file_dtype)
+        done = self.copy_las_fields(chunk, records) if isinstance(chunk, RecordView) else ()
         column = 0
         for name in chunk.dtype.names:
+            if name in done:
+                column += 1
+                continue
             values = chunk[name].reshape(len(chunk), -1)
             for i in range(values.shape[1]):
                 column_values = values[:, i]
@@ -348,6 +353,60 @@ class PlyWriter(Writer):
                 records[self.columns[column][0]] = column_values
                 column += 1
         return records
+
+    def copy_las_fields(self, view, records):
+        """Fills the columns that raw LAS records (a RecordView) hold as the file does, with one numpy call
+        per run of them: fields stored alike are copied as bytes, and the bit fields of one stored byte are
+        looked up in a table. Returns the names of the fields done."""
+        import numpy as np
+        block = view.block
+        if not block.flags.c_contiguous:
+            return ()
+        if self.las_plan is None:
+            self.las_plan = self.plan_las_copies(view)
+        steps, done = self.las_plan
+        ours, theirs = records.view(np.uint8).reshape(len(records), -1), block.view(np.uint8).reshape(len(block), -1)
+        for start, size, source in steps:
+            target = ours[:, start:start + size].view(f"V{size}")[:, 0]
+            if isinstance(source, int):
+                target[...] = theirs[:, source:source + size].view(f"V{size}")[:, 0]
+            else:
+                stored, table = source
+                target[...] = table[block[stored]]
+        return done
+
+    def plan_las_copies(self, view):
+        """(steps, names): each step is (offset in our record, size, LAS offset or (stored field, table))."""
+        import numpy as np
+        block_fields, our_fields = view.block.dtype.fields, self.file_dtype.fields
+        steps, done = [], set()
+        for name in view.dtype.names:
+            if name in XYZ or name in COLOURS or name not in our_fields or view.dtype[name].shape:
+                continue
+            start, code = our_fields[name][1], our_fields[name][0]
+            last = steps[-1] if steps and steps[-1][0] + steps[-1][1] == start else None
+            if view.stored_as_is(name) and block_fields[name][0] == code:
+                offset = block_fields[name][1]
+                if last and isinstance(last[2], int) and last[2] + last[1] == offset:
+                    steps[-1] = (last[0], last[1] + code.itemsize, last[2])
+                else:
+                    steps.append((start, code.itemsize, offset))
+            elif name in view.packed and code == np.uint8:
+                stored, mask, shift = view.packed[name]
+                if last and not isinstance(last[2], int) and last[2][0] == stored:
+                    steps[-1] = (last[0], last[1] + 1, (stored, last[2][1] + [(mask, shift)]))
+                else:
+                    steps.append((start, 1, (stored, [(mask, shift)])))
+            else:
+                continue
+            done.add(name)
+        every_byte = np.arange(256)
+        for index, (start, size, source) in enumerate(steps):
+            if not isinstance(source, int):  # a table: each stored byte -> the bytes of its fields
+                stored, parts = source
+                table = np.stack([(every_byte & mask) >> shift for mask, shift in parts], axis=1).astype(np.uint8)
+                steps[index] = (start, size, (stored, table.view(f"V{size}")[:, 0]))
+        return steps, done
 
     def write(self, chunk):
         self.write_records(self.records(chunk))

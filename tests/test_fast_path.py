@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from pipeline import config
+from pipeline import runner as runner_module
 from pipeline.runner import Runner
 from tests.conftest import CONFORMANCE, make_las, write_config
 
@@ -12,7 +13,16 @@ LAS_FILES = sorted(p.relative_to(CONFORMANCE).as_posix() for p in CONFORMANCE.gl
 MOVE = "[[0.8660254037844387, -0.5, 0, 350000.125], [0.5, 0.8660254037844387, 0, 4000000.5], [0, 0, 1, 12], [0, 0, 0, 1]]"
 
 
-def run_both(tmp_path, registry, source, chunk_size=1000):
+EVERY_SINK = """
+              - type: sink.las
+                path: out/{name}.las
+              - type: sink.las
+                path: out/{name}.laz
+              - type: sink.ply
+                path: out/{name}.ply"""
+
+
+def run_both(tmp_path, registry, source, chunk_size=1000, sinks=EVERY_SINK):
     outputs = {}
     for fast in (True, False):
         folder = tmp_path / ("fast" if fast else "plain")
@@ -24,13 +34,7 @@ def run_both(tmp_path, registry, source, chunk_size=1000):
                 paths: ["{source}"]
                 chunk_size: {chunk_size}
               - type: transform.matrix
-                matrix: {MOVE}
-              - type: sink.las
-                path: out/{{name}}.las
-              - type: sink.las
-                path: out/{{name}}.laz
-              - type: sink.ply
-                path: out/{{name}}.ply
+                matrix: {MOVE}{sinks}
         """)
         cfg = config.load(path, registry)
         runner = Runner(cfg, registry, fast_path=fast)
@@ -68,6 +72,28 @@ def test_fast_path_equals_plain_path_on_random_survey_data(tmp_path, registry):
              gps_time=rng.uniform(0, 1e6, 25_000), red=rng.integers(0, 65535, 25_000).astype(np.uint16))
     outputs = run_both(tmp_path, registry, tmp_path / "random.las", chunk_size=4096)
     assert_same(outputs, "random")
+
+
+@pytest.mark.parametrize("name", ["las/1.2_3.las", "las/test1_4.las", "las/extrabytes.las"])
+@pytest.mark.parametrize("options", ["", "offset: auto", "colors: keep", "colors: 16bit"])
+def test_fast_path_equals_plain_path_for_ply_options_and_as_first_sink(tmp_path, registry, conformance, name,
+                                                                       options, monkeypatch):
+    # the first sink gets the reader's own block, the others a copy
+    taken = []
+    fast_path = runner_module._process_raw
+    monkeypatch.setattr(runner_module, "_process_raw", lambda *args: taken.append(fast_path(*args)) or taken[-1])
+    sinks = f"""
+              - type: sink.ply
+                path: out/{{name}}.ply
+                {options}
+              - type: sink.las
+                path: out/{{name}}.las"""
+    outputs = run_both(tmp_path, registry, conformance / name, sinks=sinks)
+    stem = (conformance / name).stem
+    (fast, _), (plain, _) = outputs[True], outputs[False]
+    assert (fast / f"{stem}.ply").read_bytes() == (plain / f"{stem}.ply").read_bytes()
+    assert (fast / f"{stem}.las").read_bytes() == (plain / f"{stem}.las").read_bytes()
+    assert taken == [True]  # only the fast run asks for the fast path, and it took it
 
 
 def test_a_source_without_raw_records_takes_the_chunk_path(tmp_path, registry, conformance):
