@@ -6,6 +6,8 @@ import logging
 import math
 import os
 import struct
+import threading
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,6 +377,15 @@ def point_format_for(current, names):
     return current
 
 
+def compress_into(point_writer, points, done):
+    """Compresses points into a LAZ writer, in a thread of its own; `done` (a Future) gets the outcome."""
+    try:
+        point_writer.write_points(points)
+        done.set_result(None)
+    except BaseException as error:  # handed to the writer's thread
+        done.set_exception(error)
+
+
 class LasWriter(Writer):
     def __init__(self, sink, item, info, temp, compress):
         self.sink, self.item, self.info, self.temp, self.compress = sink, item, info, temp, compress
@@ -384,6 +395,7 @@ class LasWriter(Writer):
         self.evlrs = self.kept_evlrs(info)
         self.writer = None
         self.batch, self.batched = None, 0  # LAZ records waiting for a bigger write (see store)
+        self.spare, self.compressing = None, None  # the other batch buffer; the batch lazrs is compressing
         self.offsets_fixed = self.header_offsets_known(info)
 
     def make_header(self, info):
@@ -541,10 +553,27 @@ class LasWriter(Writer):
                 self.flush()
 
     def flush(self):
-        if self.batched:
-            points = self.laspy.PackedPointRecord(self.batch[:self.batched], self.header.point_format)
-            self.writer.point_writer.write_points(points)
-            self.batched = 0
+        """Starts compressing the batch in a background thread (lazrs releases the GIL), so the next
+        batch fills meanwhile; one batch is compressed at a time, in order."""
+        import numpy as np
+        if not self.batched:
+            return
+        self.finish_compressing()
+        points = self.laspy.PackedPointRecord(self.batch[:self.batched], self.header.point_format)
+        done = Future()
+        thread = threading.Thread(target=compress_into, args=(self.writer.point_writer, points, done),
+                                  name="laz-compress", daemon=True)
+        thread.start()
+        self.compressing = (done, self.batch)
+        self.batch = self.spare if self.spare is not None else np.empty_like(self.batch)
+        self.spare, self.batched = None, 0
+
+    def finish_compressing(self):
+        """Waits for the batch being compressed; raises its error, if any."""
+        if self.compressing is not None:
+            done, batch = self.compressing
+            self.compressing, self.spare = None, batch
+            done.result()
 
     def write(self, chunk):
         import numpy as np
@@ -580,6 +609,7 @@ class LasWriter(Writer):
         if self.writer is None:
             self.open_writer()
         self.flush()
+        self.finish_compressing()
         if self.evlrs:
             self.writer.write_evlrs(self.laspy.vlrs.vlrlist.VLRList(self.evlrs))
         self.writer.close()
@@ -587,6 +617,7 @@ class LasWriter(Writer):
     def abort(self):
         if self.writer is not None:
             try:
+                self.finish_compressing()
                 self.writer.close()
             except Exception:  # the file is deleted anyway
                 pass

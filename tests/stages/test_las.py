@@ -7,6 +7,7 @@ import pytest
 from pipeline import config
 from pipeline.errors import SinkError, SourceError
 from pipeline.runner import Runner
+from stages import las
 from stages.las import check_header, choose_offset, fit_values, read_las
 from tests.conftest import make_las, write_config
 
@@ -137,3 +138,41 @@ def test_patched_header_bytes_only_change_the_count(conformance):
     checked = check_header(conformance / "bad/bad_vlr_count.las")
     assert checked.patches == {100: struct.pack("<I", 2)}
     assert (checked.version, checked.point_format, checked.compressed, checked.point_count) == ("1.2", 3, False, 10)
+
+
+def test_laz_is_compressed_in_batches_in_the_background_and_reads_back_exactly(tmp_path, registry, conformance,
+                                                                                monkeypatch):
+    monkeypatch.setattr(las, "LAZ_BATCH", 3000)  # autzen_trim has 110,000 points: many batches, and a short last one
+    run(tmp_path, registry, f"""
+        version: 1
+        stages:
+          - type: source.files
+            paths: ["{conformance / 'laz/autzen_trim.laz'}"]
+            chunk_size: 7000
+          - type: sink.las
+            path: out/{{name}}.laz
+    """)
+    original, written = laspy.read(conformance / "laz/autzen_trim.laz"), laspy.read(tmp_path / "out/autzen_trim.laz")
+    assert written.points.array.tobytes() == original.points.array.tobytes()
+
+
+def test_a_compression_error_stops_the_run_and_leaves_no_file(tmp_path, registry, conformance, monkeypatch):
+    monkeypatch.setattr(las, "LAZ_BATCH", 3000)
+    writers = []
+
+    def failing(point_writer, points, done):
+        writers.append(point_writer)
+        done.set_exception(OSError(28, "No space left on device"))
+
+    monkeypatch.setattr(las, "compress_into", failing)
+    with pytest.raises(OSError, match="No space left on device"):
+        run(tmp_path, registry, f"""
+            version: 1
+            stages:
+              - type: source.files
+                paths: ["{conformance / 'laz/autzen_trim.laz'}"]
+              - type: sink.las
+                path: out/{{name}}.laz
+        """)
+    assert len(writers) == 1  # the error surfaced when the next batch was handed over
+    assert list((tmp_path / "out").iterdir()) == []
