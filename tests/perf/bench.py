@@ -8,7 +8,8 @@ The input is generated deterministically (LAS 1.4, point format 7, offsets near 
 scale 0.001). Each case runs the pipeline and its reference in alternation, `--repeat` times, as separate
 processes; the best time of each is kept (the machine is noisy) and peak RSS is the child's ru_maxrss.
 "stolen CPU s" is the CPU time the hypervisor gave to other machines during the best runs (from
-/proc/stat): when it is not near 0, the figures of that row are slowed by the host, not by the code.
+/proc/stat); runs that lost more than MAX_STOLEN are repeated (up to MAX_REPEAT times) and count only
+when no quiet run exists: a row whose stolen time is not near 0 was slowed by the host, not by the code.
 This is a benchmark, not a test: it asserts nothing and is not collected by pytest.
 """
 import argparse
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+MAX_STOLEN = 0.25  # CPU seconds the host may take from a run that counts (see best_of)
+MAX_REPEAT = 8
 MATRIX = [[0.8660254037844387, -0.5, 0.0, 100.0], [0.5, 0.8660254037844387, 0.0, 200.0],
           [0.0, 0.0, 1.0, 5.0], [0.0, 0.0, 0.0, 1.0]]
 
@@ -135,10 +138,15 @@ def config(folder, inputs, sink, name="bench.yaml", extra=""):
 
 def best_of(repeat, commands, outputs=()):
     """Runs the commands in alternation; for each, the best time, the largest peak and the CPU time stolen
-    during the best run. The `outputs` folder or files are removed before each run, so that no run pays
-    for deleting the previous run's output."""
+    during the best run. Runs during which the host stole more than MAX_STOLEN seconds of CPU do not count
+    while others exist; the commands run again, up to MAX_REPEAT times, until each has `repeat` such runs.
+    The `outputs` folder or files are removed before each run, so that no run pays for deleting the
+    previous run's output."""
     runs = [[] for _ in commands]
-    for _ in range(repeat):
+    for attempt in range(MAX_REPEAT):
+        quiet = [[run for run in r if run[2] <= MAX_STOLEN] for r in runs]
+        if attempt >= repeat and all(len(q) >= repeat for q in quiet):
+            break
         for index, command in enumerate(commands):
             for output in outputs:
                 if Path(output).is_dir():
@@ -146,7 +154,8 @@ def best_of(repeat, commands, outputs=()):
                 elif Path(output).exists():
                     Path(output).unlink()
             runs[index].append(measured(command))
-    return [(min(r)[0], max(peak for _, peak, _ in r), min(r)[2]) for r in runs]
+    chosen = [[run for run in r if run[2] <= MAX_STOLEN] or r for r in runs]
+    return [(min(c)[0], max(peak for _, peak, _ in r), min(c)[2]) for c, r in zip(chosen, runs)]
 
 
 def row(name, points, ours, reference=None, target=None):
@@ -181,7 +190,7 @@ def main():
     folder = Path(args.workdir or tempfile.mkdtemp(prefix="pipeline-bench-"))
     folder.mkdir(parents=True, exist_ok=True)
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}; points: {args.points:,}; "
-          f"best of {args.repeat}", flush=True)
+          f"best of {args.repeat} or more runs (see MAX_STOLEN)", flush=True)
     # as an installed package would (pip compiles on install), so that no run compiles the sources
     subprocess.run([python, "-m", "compileall", "-q", str(ROOT / "pipeline"), str(ROOT / "stages")], check=True)
 
