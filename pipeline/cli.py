@@ -147,7 +147,7 @@ def command_run(args):
         raise UsageError(f"--jobs {args.jobs}: expected 0 (one per core) or more")
     jobs = args.jobs or cpu_count()
     progress = Progress() if args.quiet or args.dry_run else ConsoleProgress(sys.stderr, sys.stderr.isatty())
-    runner = Runner(config, registry, jobs=jobs, progress=progress)
+    runner = Runner(config, registry, jobs=jobs, progress=progress, checksums=bool(args.report))
     started_at, started = report.now(), time.perf_counter()
     plan = runner.plan()
     if args.dry_run:

@@ -283,23 +283,27 @@ def _close(writers, checksums):
         checksums.update(writer.checksums())
 
 
-def _output_record(staging, sink_label, path, checksums):
-    """What the report says of one staged output: its sink, final path, size and sha256 (read back from
-    the file unless its writer computed it)."""
+def _output_record(staging, sink_label, path, known, checksum=True):
+    """What the report says of one staged output: its sink, final path, size and, when `checksum`, its
+    sha256 (from `known` when its writer computed it, else read back from the file)."""
     temporary = staging.temporary(path)
-    size, digest = checksums.get(str(temporary)) or file_digest(temporary)
+    if not checksum:
+        return {"sink": sink_label, "path": path, "size": os.path.getsize(temporary)}
+    size, digest = known.get(str(temporary)) or file_digest(temporary)
     return {"sink": sink_label, "path": path, "size": size, "sha256": digest}
 
 
-def _describe_outputs(plan, result, staging):
-    result.outputs += [_output_record(staging, label, path, result.checksums)
+def _describe_outputs(plan, result, staging, checksum):
+    result.outputs += [_output_record(staging, label, path, result.checksums, checksum)
                        for label, path in plan.targets[result.item.index]]
     return result
 
 
 class Runner:
-    def __init__(self, config, registry, jobs=1, progress: Optional[Progress] = None, fast_path=True):
+    def __init__(self, config, registry, jobs=1, progress: Optional[Progress] = None, fast_path=True,
+                 checksums=True):
         self.fast_path = fast_path  # False forces the plain chunk path (tests compare the two)
+        self.checksums = checksums  # the sha256 of every output, for the report
         self.config = config
         self.registry = registry
         self.jobs = max(1, jobs)
@@ -341,7 +345,7 @@ class Runner:
         results = []
         for item in plan.items:
             result = process_item(self.stages, item, staging, self.progress.advance, shared, self.fast_path)
-            results.append(_describe_outputs(plan, result, staging))
+            results.append(_describe_outputs(plan, result, staging, self.checksums))
             self.progress.item_done()
         return results
 
@@ -365,7 +369,8 @@ class Runner:
         finally:
             for writer, _ in shared:
                 writer.abort()
-        self.merged_outputs = [_output_record(staging, label, path, checksums) for label, path in plan.merged]
+        self.merged_outputs = [_output_record(staging, label, path, checksums, self.checksums)
+                               for label, path in plan.merged]
         return results
 
     def _measure_bounds(self, items):
@@ -385,7 +390,7 @@ class Runner:
         queue = context.SimpleQueue()
         results = []
         pool = context.Pool(min(self.jobs, len(plan.items)), initializer=_worker_init,
-                            initargs=(self.stages, staging, plan, queue, self.fast_path))
+                            initargs=(self.stages, staging, plan, queue, self.fast_path, self.checksums))
         try:
             pending = pool.imap_unordered(_worker_run, plan.items)
             while len(results) < len(plan.items):
@@ -406,15 +411,15 @@ class Runner:
 _worker = {}
 
 
-def _worker_init(stages, staging, plan, queue, fast_path):
+def _worker_init(stages, staging, plan, queue, fast_path, checksums):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    _worker.update(stages=stages, staging=staging, plan=plan, queue=queue, fast_path=fast_path)
+    _worker.update(stages=stages, staging=staging, plan=plan, queue=queue, fast_path=fast_path, checksums=checksums)
 
 
 def _worker_run(item):
     result = process_item(_worker["stages"], item, _worker["staging"], _worker["queue"].put,
                           fast=_worker["fast_path"])
-    return _describe_outputs(_worker["plan"], result, _worker["staging"])
+    return _describe_outputs(_worker["plan"], result, _worker["staging"], _worker["checksums"])
 
 
 def cpu_count():

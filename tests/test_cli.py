@@ -83,6 +83,20 @@ def test_same_config_and_inputs_give_the_same_bytes(demo_copy, tmp_path):
     assert digests[0] == digests[1]
 
 
+def test_outputs_are_read_back_for_their_checksum_only_when_a_report_is_asked_for(demo_copy, tmp_path, monkeypatch):
+    import pipeline.runner
+
+    read_back = []
+    real = pipeline.runner.file_digest
+    monkeypatch.setattr(pipeline.runner, "file_digest", lambda path: read_back.append(path) or real(path))
+    assert main(["run", "-q", "--jobs", "1", str(demo_copy / "demo.yaml")]) == 0
+    assert read_back == []
+    assert main(["run", "-q", "--jobs", "1", "--report", str(tmp_path / "run.json"), str(demo_copy / "demo.yaml")]) == 0
+    assert sorted(Path(p).suffix for p in read_back) == [".part"] * 6  # the LAS and LAZ files; PLY hashes as it writes
+    outputs = [o for item in json.loads((tmp_path / "run.json").read_text())["items"] for o in item["outputs"]]
+    assert all(o["sha256"] == hashlib.sha256(Path(o["path"]).read_bytes()).hexdigest() for o in outputs)
+
+
 def test_dry_run_lists_and_writes_nothing(demo_copy):
     done = cli("run", demo_copy / "demo.yaml", "--dry-run")
     assert done.returncode == 0
