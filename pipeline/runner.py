@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -342,12 +343,15 @@ class Runner:
         return sorted(results, key=lambda r: r.item.index)
 
     def _run_here(self, plan, staging, shared=()):
-        results = []
-        for item in plan.items:
-            result = process_item(self.stages, item, staging, self.progress.advance, shared, self.fast_path)
-            results.append(_describe_outputs(plan, result, staging, self.checksums))
-            self.progress.item_done()
-        return results
+        """Items one after another; each item's outputs are read back for their checksums in a thread
+        while the next item runs (hashlib releases the GIL)."""
+        described = []
+        with ThreadPoolExecutor(1, thread_name_prefix="checksums") as checksums:
+            for item in plan.items:
+                result = process_item(self.stages, item, staging, self.progress.advance, shared, self.fast_path)
+                described.append(checksums.submit(_describe_outputs, plan, result, staging, self.checksums))
+                self.progress.item_done()
+            return [future.result() for future in described]
 
     def _run_merging(self, plan, staging):
         """Items one after another (one file receives them all), into writers opened once for the run."""
