@@ -488,14 +488,13 @@ class LasWriter(Writer):
         except Exception as error:
             raise SinkError(f"{self.where}: cannot write {self.temp.name}: {error}") from error
 
-    def measured(self, records, coordinates):
-        """Stores `coordinates` (model.Coordinates) in the X, Y, Z of `records`, refusing values that do
-        not fit int32, and returns the records with what the header needs to know of them: the lowest and
-        highest integers of each axis and the count of each return number. Needs no file, so the fast path
-        runs it in its compute threads."""
+    def quantised(self, coordinates):
+        """The integers that store `coordinates` (model.Coordinates) with the header's scales and offsets,
+        as a (3, n) float array of whole numbers, and the lowest and highest of each axis; refuses values
+        that do not fit int32. Needs no file, so the fast path runs it in its compute thread."""
         import numpy as np
-        if not len(records):
-            return records, [], np.zeros(16, np.int64)
+        if not len(coordinates):
+            return np.empty((3, 0)), []
         self.fix_offsets(coordinates)
         scales, offsets = self.header.scales, self.header.offsets
         values = np.subtract(coordinates.xyz, offsets[:, None])
@@ -507,16 +506,17 @@ class LasWriter(Writer):
                 values = coordinates[axis]
                 raise SinkError(f"{self.where}: {axis} values {values.min()}..{values.max()} do not fit LAS 32-bit "
                                 f"integers with scale {scales[index]:g} and offset {offsets[index]:g}")
+        return values, list(zip(lows.astype(np.int64).tolist(), highs.astype(np.int64).tolist()))
+
+    def append(self, records, values, ranges):
+        """Stores quantised coordinates (see `quantised`) in the X, Y, Z of `records` and writes them,
+        keeping the header's bounds and counts up to date (what laspy's write_points does, without its
+        sort per chunk)."""
+        import numpy as np
         for stored, row in zip(stored_xyz(records), values):  # row by row: faster than one strided copy
             stored[...] = row
         returns = unpacked(records, packed_fields(self.header.point_format.id)["return_number"])
-        ranges = list(zip(lows.astype(np.int64).tolist(), highs.astype(np.int64).tolist()))
-        return records, ranges, np.bincount(returns, minlength=16)
-
-    def append(self, measured):
-        """Writes measured records (see `measured`), keeping the header's bounds and counts up to date
-        (what laspy's write_points does, without its sort per chunk)."""
-        records, ranges, counts = measured
+        counts = np.bincount(returns, minlength=16)
         if self.writer is None:
             self.open_writer()
         header = self.writer.header
@@ -595,15 +595,15 @@ class LasWriter(Writer):
                     raise SinkError(f"{self.where}: field {name!r} has value {values.max()} that does not fit "
                                     f"its {dimension.num_bits} bits")
             record[name] = values
-        self.append(self.measured(records, Coordinates.of(chunk)))
+        self.append(records, *self.quantised(Coordinates.of(chunk)))
 
     def prepare_raw(self, block, xyz):
         """Raw records of the writer's own point format get their X, Y, Z from `xyz` (see Writer)."""
-        return self.measured(block, xyz)
+        return (block, *self.quantised(xyz))
 
     def write_raw(self, prepared):
         if len(prepared[0]):
-            self.append(prepared)
+            self.append(*prepared)
 
     def close(self):
         if self.writer is None:
