@@ -187,8 +187,9 @@ class RawRecords:
     """The LAS point records of a file, as they are stored: what `PointStream.raw` offers.
 
     Blocks are writable (sinks may overwrite their X, Y, Z); `held` says how many blocks the consumer may
-    still be using at once (the newest included), and a buffer is reused only after that. Uncompressed files are read straight into a few rotating buffers by a
-    read-ahead thread, so reading overlaps the work on the previous blocks.
+    still be using at once (the newest included), and a buffer is reused only after that. Uncompressed
+    files are read straight into a few rotating buffers by a read-ahead thread, so reading overlaps the
+    work on the previous blocks.
     """
 
     kind = "las"
@@ -274,7 +275,8 @@ class RecordView:
 
     def stored_as_is(self, name):
         """True when the block stores field `name` exactly as the chunk would hold it."""
-        return name in self.block.dtype.names and name not in self.packed and self.block.dtype[name] == self.dtype[name]
+        block = self.block.dtype
+        return name in block.names and name not in self.packed and block[name] == self.dtype[name]
 
     def __getitem__(self, name):
         import numpy as np
