@@ -321,7 +321,7 @@ class Runner:
     def run(self, plan: Plan) -> list:
         """Processes every item; on success renames all outputs into place, on any failure removes them."""
         keep_freed_memory()
-        staging = Staging()
+        staging = Staging(checksums=self.checksums)
         total_points = sum(i.point_count for i in plan.items) if all(i.point_count is not None for i in plan.items) else None
         self.progress.start(len(plan.items), total_points)
         try:

@@ -13,8 +13,10 @@ from .errors import PipelineError
 
 
 class Staging:
-    def __init__(self, token=None):
+    def __init__(self, token=None, checksums=True):
         self.token = token or secrets.token_hex(6)
+        self.checksums = checksums  # whether the run reports a sha256 of every file: writers that can
+        # compute it while writing then do (see Writer.checksums)
 
     def temporary(self, final) -> Path:
         final = Path(final)

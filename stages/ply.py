@@ -284,7 +284,7 @@ class PlyWriter(Writer):
 
     PAD = 20
 
-    def __init__(self, sink, item, info, temp):
+    def __init__(self, sink, item, info, temp, hashing=True):
         import numpy as np
         self.where = f"{sink.label}: {item.name}"
         self.temp, self.ascii = temp, sink.options["ascii"]
@@ -300,6 +300,7 @@ class PlyWriter(Writer):
             self.columns = [(name, "u1" if name in COLOURS else code) for name, code in self.columns]
         self.count = 0
         self.expected = info.point_count or 0  # the header's count from the start; corrected at close
+        self.hashing = hashing and not self.ascii  # ascii lines go through numpy's savetxt
         self.hash = None  # sha256 of the bytes written, kept while the file is written front to back
         self.lossy = [name for name in dtype.names if dtype[name].base.kind in "iu" and dtype[name].base.itemsize == 8]
         self.file_dtype = np.dtype([(name, "<" + code if code not in ("u1", "i1") else code)
@@ -311,7 +312,7 @@ class PlyWriter(Writer):
             self.offset = [0.0, 0.0, 0.0]
         self.handle = open(self.temp, "wb")
         header = self.header(self.expected)
-        self.hash = None if self.ascii else hashlib.sha256(header)
+        self.hash = hashlib.sha256(header) if self.hashing else None
         self.handle.write(header)
 
     @staticmethod
@@ -431,7 +432,8 @@ class PlyWriter(Writer):
             np.savetxt(self.handle, records, fmt=formats)
         else:
             data = memoryview(records).cast("B")  # a new contiguous array
-            self.hash.update(data)
+            if self.hash is not None:
+                self.hash.update(data)
             self.handle.write(data)
         self.count += len(records)
 
@@ -480,7 +482,7 @@ class PlySink(Sink):
 
     def open(self, item, info, staging):
         final = self.targets(item)[0]
-        return PlyWriter(self, item, info, staging.create(final))
+        return PlyWriter(self, item, info, staging.create(final), hashing=staging.checksums)
 
     def open_raw(self, item, info, raw, staging):
         """The fast path from LAS records: their fields are decoded straight into the PLY records."""
