@@ -177,6 +177,18 @@ def overhead(report_path):
     return (report["wall_seconds"] - inside) / report["wall_seconds"]
 
 
+def with_and_without_report(args, folder, ours, name, reference, reference_output, target, report_target):
+    """One case: the pipeline without and with --report, and the reference, in alternation."""
+    pipeline = [sys.executable, "-m", "pipeline", "run", "-q"]
+    plain, reported, reference = best_of(
+        args.repeat, [pipeline + [str(ours)], pipeline + ["--report", str(folder / "report.json"), str(ours)], reference],
+        outputs=[folder / "out", reference_output])
+    row(name, args.points, plain, reference, target=target)
+    row("  the same with --report", args.points, reported, reference, target=report_target)
+    print(f"{'  pipeline overhead in that run':<34} {overhead(folder / 'report.json'):.1%} of the last run's wall "
+          "time (config, registry, plan, checksums, report; target < 5%)", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=10_000_000)
@@ -204,36 +216,22 @@ def main():
     if cases & {"las", "laz", "ply"} and not source.exists():
         subprocess.run([python, "-c", GENERATE, str(args.points), str(source), "1"], check=True)
     matrix = json.dumps(MATRIX)
+    reference_las = [python, "-c", LASPY_STREAMED.format(matrix=matrix), str(source)]
     if "las" in cases:
-        ours = config(folder, [source], ("sink.las", ".las"))
-        plain, reported, reference = best_of(
-            args.repeat, [pipeline + ["run", "-q", str(ours)],
-                          pipeline + ["run", "-q", "--report", str(folder / "report.json"), str(ours)],
-                          [python, "-c", LASPY_STREAMED.format(matrix=matrix), str(source),
-                           str(folder / "reference.las"), "las"]],
-            outputs=[folder / "out", folder / "reference.las"])
-        row("LAS -> matrix -> LAS", args.points, plain, reference, target=">= 2x, < 250 MB")
-        row("  the same with --report", args.points, reported, reference, target="(sha256 of the output read back)")
-        print(f"{'  pipeline overhead in that run':<34} {overhead(folder / 'report.json'):.1%} of the last run's wall "
-              "time (config, registry, plan, checksums, report; target < 5%)", flush=True)
+        with_and_without_report(args, folder, config(folder, [source], ("sink.las", ".las")), "LAS -> matrix -> LAS",
+                                reference_las + [str(folder / "reference.las"), "las"], folder / "reference.las",
+                                ">= 2x, < 250 MB", "(sha256 of the output read back)")
     if "laz" in cases:
         ours = config(folder, [source], ("sink.las", ".laz"))
         results = best_of(args.repeat, [pipeline + ["run", "-q", str(ours)],
-                                        [python, "-c", LASPY_STREAMED.format(matrix=matrix), str(source),
-                                         str(folder / "reference.laz"), "laz"]],
+                                        reference_las + [str(folder / "reference.laz"), "laz"]],
                           outputs=[folder / "out", folder / "reference.laz"])
         row("LAS -> matrix -> LAZ", args.points, *results, target=">= 1x")
     if "ply" in cases:
-        ours = config(folder, [source], ("sink.ply", ".ply"))
-        plain, reported, reference = best_of(
-            args.repeat, [pipeline + ["run", "-q", str(ours)],
-                          pipeline + ["run", "-q", "--report", str(folder / "report.json"), str(ours)],
-                          [python, "-c", NUMPY_PLY.format(matrix=matrix), str(source), str(folder / "reference.ply")]],
-            outputs=[folder / "out", folder / "reference.ply"])
-        row("LAS -> matrix -> PLY", args.points, plain, reference, target=">= 8 Mpts/s")
-        row("  the same with --report", args.points, reported, reference, target="(sha256 while writing)")
-        print(f"{'  pipeline overhead in that run':<34} {overhead(folder / 'report.json'):.1%} of the last run's wall "
-              "time (config, registry, plan, checksums, report; target < 5%)", flush=True)
+        with_and_without_report(args, folder, config(folder, [source], ("sink.ply", ".ply")), "LAS -> matrix -> PLY",
+                                [python, "-c", NUMPY_PLY.format(matrix=matrix), str(source),
+                                 str(folder / "reference.ply")], folder / "reference.ply",
+                                ">= 8 Mpts/s", "(sha256 while writing)")
     if "jobs" in cases:
         inputs = [folder / f"part_{n}.las" for n in range(8)]
         for n, path in enumerate(inputs):
