@@ -336,9 +336,11 @@ class PlyWriter(Writer):
         return ("\n".join(lines) + "\n").encode("ascii")
 
     def flatten(self, chunk):
+        """The file records of a chunk. The columns of a RecordView that LAS stores as the file does are
+        left for `copy_las_fields`."""
         import numpy as np
         records = np.empty(len(chunk), self.file_dtype)
-        done = self.copy_las_fields(chunk, records) if isinstance(chunk, RecordView) else ()
+        done = self.las_copies(chunk)[1] if isinstance(chunk, RecordView) else ()
         column = 0
         for name in chunk.dtype.names:
             if name in done:
@@ -355,26 +357,27 @@ class PlyWriter(Writer):
                 column += 1
         return records
 
-    def copy_las_fields(self, view, records):
-        """Fills the columns that raw LAS records (a RecordView) hold as the file does, with one numpy call
-        per run of them: fields stored alike are copied as bytes, and the bit fields of one stored byte are
-        looked up in a table. Returns the names of the fields done."""
-        import numpy as np
-        block = view.block
-        if not block.flags.c_contiguous:
-            return ()
+    def las_copies(self, view):
+        """How the columns that raw LAS records (a RecordView) hold as the file does are filled (see
+        plan_las_copies); fixed at the item's first block."""
         if self.las_plan is None:
             self.las_plan = self.plan_las_copies(view)
-        steps, done = self.las_plan
+        return self.las_plan
+
+    def copy_las_fields(self, block, records):
+        """Fills those columns of `records` from raw LAS records with one numpy call per run of them:
+        fields stored alike are copied as bytes, and the bit fields of one stored byte are looked up in a
+        table."""
+        import numpy as np
+        block = np.ascontiguousarray(block)  # the reader's blocks are: no copy
         ours, theirs = records.view(np.uint8).reshape(len(records), -1), block.view(np.uint8).reshape(len(block), -1)
-        for start, size, source in steps:
+        for start, size, source in self.las_plan[0]:
             target = ours[:, start:start + size].view(f"V{size}")[:, 0]
             if isinstance(source, int):
                 target[...] = theirs[:, source:source + size].view(f"V{size}")[:, 0]
             else:
                 stored, table = source
                 target[...] = table[block[stored]]
-        return done
 
     def plan_las_copies(self, view):
         """(steps, names): each step is (offset in our record, size, LAS offset or (stored field, table))."""
@@ -438,10 +441,17 @@ class PlyWriter(Writer):
         self.count += len(records)
 
     def prepare_raw(self, block, xyz):
-        return self.records(self.raw.view(block, xyz, self.dtype))
+        records = self.records(self.raw.view(block, xyz, self.dtype))
+        if self.hashing:  # the writing thread hashes: the compute thread copies the LAS fields too
+            self.copy_las_fields(block, records)
+            return None, records
+        return block, records  # the writing thread has time to spare: it copies them
 
     def write_raw(self, prepared):
-        self.write_records(prepared)
+        block, records = prepared
+        if block is not None:
+            self.copy_las_fields(block, records)
+        self.write_records(records)
 
     def close(self):
         if self.handle is None:

@@ -22,7 +22,7 @@ EVERY_SINK = """
                 path: out/{name}.ply"""
 
 
-def run_both(tmp_path, registry, source, chunk_size=1000, sinks=EVERY_SINK):
+def run_both(tmp_path, registry, source, chunk_size=1000, sinks=EVERY_SINK, checksums=True):
     outputs = {}
     for fast in (True, False):
         folder = tmp_path / ("fast" if fast else "plain")
@@ -37,7 +37,7 @@ def run_both(tmp_path, registry, source, chunk_size=1000, sinks=EVERY_SINK):
                 matrix: {MOVE}{sinks}
         """)
         cfg = config.load(path, registry)
-        runner = Runner(cfg, registry, fast_path=fast)
+        runner = Runner(cfg, registry, fast_path=fast, checksums=checksums)
         results = runner.run(runner.plan())
         outputs[fast] = (folder / "out", results)
     return outputs
@@ -76,9 +76,11 @@ def test_fast_path_equals_plain_path_on_random_survey_data(tmp_path, registry):
 
 @pytest.mark.parametrize("name", ["las/1.2_3.las", "las/test1_4.las", "las/extrabytes.las"])
 @pytest.mark.parametrize("options", ["", "offset: auto", "colors: keep", "colors: 16bit"])
+@pytest.mark.parametrize("checksums", [True, False])
 def test_fast_path_equals_plain_path_for_ply_options_and_as_first_sink(tmp_path, registry, conformance, name,
-                                                                       options, monkeypatch):
-    # the first sink gets the reader's own block, the others a copy
+                                                                       options, checksums, monkeypatch):
+    # the first sink gets the reader's own block, the others a copy; sink.ply copies the LAS fields in the
+    # compute thread when it hashes, else in the writing thread
     taken = []
     fast_path = runner_module._process_raw
     monkeypatch.setattr(runner_module, "_process_raw", lambda *args: taken.append(fast_path(*args)) or taken[-1])
@@ -88,7 +90,7 @@ def test_fast_path_equals_plain_path_for_ply_options_and_as_first_sink(tmp_path,
                 {options}
               - type: sink.las
                 path: out/{{name}}.las"""
-    outputs = run_both(tmp_path, registry, conformance / name, sinks=sinks)
+    outputs = run_both(tmp_path, registry, conformance / name, sinks=sinks, checksums=checksums)
     stem = (conformance / name).stem
     (fast, _), (plain, _) = outputs[True], outputs[False]
     assert (fast / f"{stem}.ply").read_bytes() == (plain / f"{stem}.ply").read_bytes()
