@@ -575,7 +575,10 @@ class LasWriter(Writer):
         if self.compressing is not None:
             done, batch = self.compressing
             self.compressing, self.spare = None, batch
-            done.result()
+            try:
+                done.result()
+            except OSError as error:  # e.g. a full disk: name the file, not the thread it happened in
+                raise SinkError(f"{self.where}: cannot write {self.temp.name}: {error.strerror or error}") from error
 
     def write(self, chunk):
         import numpy as np

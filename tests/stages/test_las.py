@@ -165,7 +165,8 @@ def test_a_compression_error_stops_the_run_and_leaves_no_file(tmp_path, registry
         done.set_exception(OSError(28, "No space left on device"))
 
     monkeypatch.setattr(las, "compress_into", failing)
-    with pytest.raises(OSError, match="No space left on device"):
+    with pytest.raises(SinkError, match=r"^stages\[1\] \(sink.las\): autzen_trim: cannot write "
+                                         r"\.autzen_trim\.laz\.\w+\.part: No space left on device$"):
         run(tmp_path, registry, f"""
             version: 1
             stages:
