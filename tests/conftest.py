@@ -1,5 +1,7 @@
 import os
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -30,6 +32,20 @@ def write_config(folder, body, name="config.yaml"):
     path = Path(folder) / name
     path.write_text(textwrap.dedent(body).lstrip())
     return path
+
+
+def run(folder, registry, body, **runner_options):
+    """Runs a config body written into `folder`; the item results."""
+    from pipeline import config
+    from pipeline.runner import Runner
+    runner = Runner(config.load(write_config(folder, body), registry), registry, **runner_options)
+    return runner.run(runner.plan())
+
+
+def cli(*args, cwd=None, timeout=120):
+    """`python -m pipeline ARGS` in a child process."""
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout)
 
 
 def make_las(path, xyz, scale=0.001, offset=None, point_format=3, version="1.2", **fields):

@@ -13,7 +13,7 @@ import numpy as np
 import open3d
 
 from pipeline.cli import main
-from tests.conftest import make_las, write_config
+from tests.conftest import cli, make_las, write_config
 from tests.plyfile_plain import read_plain_ply
 
 def demo_world_matrices(folder):
@@ -21,11 +21,6 @@ def demo_world_matrices(folder):
     items = json.loads((folder / "data/capture.json").read_text())["result"]["data"]
     tm = {i["attributes"]["name"]: np.array(i["attributes"]["meta"]["prop"]["tm"]).reshape(4, 4) for i in items}
     return {name: tm["cluster 1"] @ matrix for name, matrix in tm.items() if name != "cluster 1"}
-
-
-def cli(*args, cwd=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout)
 
 
 def moved(matrix, x, y, z):

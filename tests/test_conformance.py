@@ -8,10 +8,8 @@ import numpy as np
 import open3d
 import pytest
 
-from pipeline import config
 from pipeline.errors import PipelineError
-from pipeline.runner import Runner
-from tests.conftest import CONFORMANCE, write_config
+from tests.conftest import CONFORMANCE, run, write_config
 from tests.plyfile_plain import read_plain_ply
 
 LAS_FILES = sorted(p.relative_to(CONFORMANCE).as_posix() for p in CONFORMANCE.glob("la[sz]/*.la[sz]"))
@@ -22,9 +20,7 @@ PLY_FILES = [p for p in sorted(p.relative_to(CONFORMANCE).as_posix() for p in CO
 def convert(tmp_path, registry, source, outputs, extra=""):
     sinks = "".join(f"  - type: {kind}\n    path: out/{{name}}{suffix}\n" for kind, suffix in outputs)
     body = f"version: 1\nstages:\n  - type: source.files\n    paths: [{source}]\n{extra}{sinks}"
-    cfg = config.load(write_config(tmp_path, body), registry)
-    runner = Runner(cfg, registry)
-    return runner.run(runner.plan())
+    return run(tmp_path, registry, body)
 
 
 def vlr_keys(header):

@@ -4,9 +4,7 @@ import numpy as np
 import pye57
 import pytest
 
-from pipeline import config
-from pipeline.runner import Runner
-from tests.conftest import CONFORMANCE, write_config
+from tests.conftest import CONFORMANCE, run
 from tests.plyfile_plain import read_plain_ply
 
 TEXT_FILES = sorted(p.relative_to(CONFORMANCE).as_posix()
@@ -17,9 +15,7 @@ E57_FILES = sorted(p.relative_to(CONFORMANCE).as_posix() for p in CONFORMANCE.gl
 def convert(tmp_path, registry, source, outputs):
     sinks = "".join(f"  - type: {kind}\n    path: out/{{name}}{suffix}\n" for kind, suffix in outputs)
     body = f"version: 1\nstages:\n  - type: source.files\n    paths: [\"{source}\"]\n{sinks}"
-    cfg = config.load(write_config(tmp_path, body), registry)
-    runner = Runner(cfg, registry)
-    return runner.run(runner.plan())
+    return run(tmp_path, registry, body)
 
 
 def test_the_corpus_has_the_files_this_module_covers():

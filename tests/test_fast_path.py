@@ -3,10 +3,8 @@ import laspy
 import numpy as np
 import pytest
 
-from pipeline import config
 from pipeline import runner as runner_module
-from pipeline.runner import Runner
-from tests.conftest import CONFORMANCE, make_las, write_config
+from tests.conftest import CONFORMANCE, make_las, run
 
 LAS_FILES = sorted(p.relative_to(CONFORMANCE).as_posix() for p in CONFORMANCE.glob("la[sz]/*.la[sz]")) + \
     ["bad/bad_vlr_count.las", "bad/garbage_nVariableLength.las"]
@@ -27,7 +25,7 @@ def run_both(tmp_path, registry, source, chunk_size=1000, sinks=EVERY_SINK, chec
     for fast in (True, False):
         folder = tmp_path / ("fast" if fast else "plain")
         folder.mkdir()
-        path = write_config(folder, f"""
+        results = run(folder, registry, f"""
             version: 1
             stages:
               - type: source.files
@@ -35,10 +33,7 @@ def run_both(tmp_path, registry, source, chunk_size=1000, sinks=EVERY_SINK, chec
                 chunk_size: {chunk_size}
               - type: transform.matrix
                 matrix: {MOVE}{sinks}
-        """)
-        cfg = config.load(path, registry)
-        runner = Runner(cfg, registry, fast_path=fast, checksums=checksums)
-        results = runner.run(runner.plan())
+        """, fast_path=fast, checksums=checksums)
         outputs[fast] = (folder / "out", results)
     return outputs
 
@@ -99,7 +94,7 @@ def test_fast_path_equals_plain_path_for_ply_options_and_as_first_sink(tmp_path,
 
 
 def test_a_source_without_raw_records_takes_the_chunk_path(tmp_path, registry, conformance):
-    path = write_config(tmp_path, f"""
+    [result] = run(tmp_path, registry, f"""
         version: 1
         stages:
           - type: source.files
@@ -109,9 +104,6 @@ def test_a_source_without_raw_records_takes_the_chunk_path(tmp_path, registry, c
           - type: sink.las
             path: out/{{name}}.las
     """)
-    cfg = config.load(path, registry)
-    runner = Runner(cfg, registry)
-    [result] = runner.run(runner.plan())
     assert result.points_out == 3
     cos30 = 0.8660254037844387
     expected_x = [-cos30 + 350000.125, -0.5 + 350000.125, cos30 + 350000.125]  # (-1,0,0), (0,1,0), (1,0,0)

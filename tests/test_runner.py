@@ -5,23 +5,15 @@ import laspy
 import numpy as np
 import pytest
 
-from pipeline import config
 from pipeline.errors import PipelineError, StageError
 from pipeline.registry import Registry
-from pipeline.runner import Runner
-from tests.conftest import write_config
+from tests.conftest import run
 from tests.fakes import ENTRIES, points
 
 
 @pytest.fixture
 def registry():
     return Registry(ENTRIES)
-
-
-def run(folder, registry, body, jobs=1):
-    cfg = config.load(write_config(folder, body), registry)
-    runner = Runner(cfg, registry, jobs=jobs)
-    return runner.run(runner.plan())
 
 
 def files_under(folder):

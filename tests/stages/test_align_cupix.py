@@ -14,7 +14,7 @@ from stages.align import compose, detect_layout, plan_alignment
 from stages.cupix_listing import Listing, match_file
 from tests.conftest import make_las
 from tests.stages.test_align import rigid
-from tests.stages.test_las import run
+from tests.conftest import run
 
 
 def flat(matrix, layout):

@@ -9,7 +9,7 @@ import pytest
 from pipeline.errors import MissingDependency
 from stages.files import read_file
 from tests.plyfile_plain import read_plain_ply
-from tests.stages.test_las import run
+from tests.conftest import run
 
 
 def expected_scans(path):
@@ -135,7 +135,7 @@ def test_grid_indexes_are_kept_and_the_pose_applied(tmp_path, registry):
     import pye57
 
     from tests.plyfile_plain import read_plain_ply
-    from tests.stages.test_las import run
+    from tests.conftest import run
 
     writer = pye57.E57(str(tmp_path / "grid.e57"), mode="w")
     points = {"cartesianX": np.arange(5, dtype=float), "cartesianY": np.zeros(5), "cartesianZ": np.ones(5),

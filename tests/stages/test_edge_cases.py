@@ -8,7 +8,7 @@ from pipeline.errors import PipelineError, SinkError
 from pipeline.model import safe_name
 from tests.conftest import make_las
 from tests.plyfile_plain import read_plain_ply
-from tests.stages.test_las import run
+from tests.conftest import run
 
 
 def test_zero_point_text_files_give_valid_empty_outputs(tmp_path, registry):

@@ -13,7 +13,7 @@ from pipeline.runner import Runner
 from stages.files import read_file
 from tests.conftest import make_las, write_config
 from tests.plyfile_plain import read_plain_ply
-from tests.stages.test_las import run
+from tests.conftest import run
 
 README = "Survey of the north site.\nScanned by the field team; see the report for details.\n"
 

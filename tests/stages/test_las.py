@@ -4,18 +4,10 @@ import laspy
 import numpy as np
 import pytest
 
-from pipeline import config
 from pipeline.errors import SinkError, SourceError
-from pipeline.runner import Runner
 from stages import las
 from stages.las import check_header, choose_offset, fit_values, read_las
-from tests.conftest import make_las, write_config
-
-
-def run(tmp_path, registry, body):
-    cfg = config.load(write_config(tmp_path, body), registry)
-    runner = Runner(cfg, registry)
-    return runner.run(runner.plan())
+from tests.conftest import make_las, run
 
 
 def test_reader_streams_bounded_chunks_with_exact_values(conformance):

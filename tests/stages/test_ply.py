@@ -5,13 +5,10 @@ import numpy as np
 import open3d
 import pytest
 
-from pipeline import config
 from pipeline.errors import SourceError
-from pipeline.runner import Runner
 from stages.ply import parse_header, read_ply
-from tests.conftest import write_config
+from tests.conftest import run
 from tests.plyfile_plain import read_plain_ply
-from tests.stages.test_las import run
 
 
 def write_binary_ply(path, records, order, extra_header=""):
@@ -109,16 +106,14 @@ def test_report_checksum_is_the_file_s_whether_hashed_while_writing_or_read_back
 
 
 def test_without_a_report_nothing_is_hashed(tmp_path, registry, conformance):
-    cfg = config.load(write_config(tmp_path, f"""
+    (result,) = run(tmp_path, registry, f"""
         version: 1
         stages:
           - type: source.files
             paths: ["{conformance / 'las/1.2-with-color.las'}"]
           - type: sink.ply
             path: out/{{name}}.ply
-    """), registry)
-    runner = Runner(cfg, registry, checksums=False)
-    (result,) = runner.run(runner.plan())
+    """, checksums=False)
     assert result.checksums == {}
     assert result.outputs == [{"sink": "stages[1] (sink.ply)", "path": str(tmp_path / "out/1.2-with-color.ply"),
                                "size": (tmp_path / "out/1.2-with-color.ply").stat().st_size}]

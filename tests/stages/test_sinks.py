@@ -2,8 +2,6 @@
 import hashlib
 import json
 import logging
-import subprocess
-import sys
 
 import laspy
 import numpy as np
@@ -13,18 +11,12 @@ import pytest
 from pipeline import config
 from pipeline.errors import PipelineError, SinkError
 from pipeline.runner import Runner
-from tests.conftest import make_las, write_config
+from tests.conftest import cli, make_las, run, write_config
 from tests.plyfile_plain import read_plain_ply
-from tests.stages.test_las import run
 
 
 def las_values(data, name):
     return np.asarray(data[name])
-
-
-def cli(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
 
 
 # --- sink.las: version -------------------------------------------------------------------------------------
@@ -246,9 +238,7 @@ def test_merge_with_two_jobs_gives_the_same_files(merge_inputs, registry):
     tmp_path = merge_inputs
     run(tmp_path, registry, MERGE_CONFIG)
     first = {name: (tmp_path / "out" / name).read_bytes() for name in ("all.las", "all.ply")}
-    cfg = config.load(write_config(tmp_path, MERGE_CONFIG), registry)
-    runner = Runner(cfg, registry, jobs=2)
-    results = runner.run(runner.plan())
+    results = run(tmp_path, registry, MERGE_CONFIG, jobs=2)
     assert [r.points_out for r in results] == [3, 2]
     assert {name: (tmp_path / "out" / name).read_bytes() for name in ("all.las", "all.ply")} == first
     assert len(laspy.read(tmp_path / "out/all.las").points) == 5

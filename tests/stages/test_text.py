@@ -10,7 +10,7 @@ from pipeline.runner import Runner
 from stages.files import read_file
 from tests.conftest import write_config
 from tests.plyfile_plain import read_plain_ply
-from tests.stages.test_las import run
+from tests.conftest import run
 
 PTS_COLUMNS = ("x", "y", "z", "intensity", "red", "green", "blue")
 
