@@ -3,7 +3,6 @@ resumed with Range where the storage allows it, checked against Content-Length a
 A manifest in the download folder records what is there, so an unchanged sub is not fetched again."""
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -14,6 +13,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from pipeline.model import safe_name
+from pipeline.staging import file_digest
 
 from ..cupix_listing import entry_id, meta
 
@@ -121,11 +121,6 @@ class Cache:
             self.write(manifest)
 
 
-def sha256_of(path):
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 class DownloadProgress:
     """Bytes, rate and files done across the download threads, logged at most every `interval` seconds."""
 
@@ -186,9 +181,9 @@ class Downloader:
             raise
         final = self.cache.folder / name
         os.replace(temp, final)
-        size = final.stat().st_size
+        size, digest = file_digest(final)
         self.cache.record(sub_id, entries, {"id": sub_id, "updated_at": updated_at, "size": size,
-                                            "sha256": sha256_of(final), "url_path": url_path(url),
+                                            "sha256": digest, "url_path": url_path(url),
                                             "file": name, "endpoint": endpoint})
         seconds = max(time.monotonic() - started, 1e-6)
         log.info("pointcloud %s: downloaded %s (%.1f MB in %.1f s, %.1f MB/s)", sub_id, name, size / 1e6, seconds,
