@@ -183,6 +183,22 @@ def to_chunk(points, dtype):
     return chunk
 
 
+def all_points(parts, path, count):
+    """Passes on chunks or blocks of a file's points; a failure to read them, or a file that ends before
+    `count` points, is a SourceError naming the file."""
+    remaining = count
+    try:
+        for part in parts:
+            remaining -= len(part)
+            yield part
+    except SourceError:
+        raise
+    except Exception as error:
+        raise SourceError(f"{path}: cannot read points: {error}") from error
+    if remaining > 0:
+        raise SourceError(f"{path}: file ends {remaining} points early")
+
+
 class RawRecords:
     """The LAS point records of a file, as they are stored: what `PointStream.raw` offers.
 
@@ -200,19 +216,9 @@ class RawRecords:
         self.dtype = header.point_format.dtype()
 
     def blocks(self, held=1):
-        remaining = self.header.point_count
-        try:
-            reader = (self.decompressed() if self.compressed
-                      else ahead(self.read_into_buffers(held), READ_AHEAD, name="las-read-ahead"))
-            for block in reader:
-                remaining -= len(block)
-                yield block
-        except SourceError:
-            raise
-        except Exception as error:
-            raise SourceError(f"{self.path}: cannot read points: {error}") from error
-        if remaining > 0:
-            raise SourceError(f"{self.path}: file ends {remaining} points early")
+        reader = (self.decompressed() if self.compressed
+                  else ahead(self.read_into_buffers(held), READ_AHEAD, name="las-read-ahead"))
+        return all_points(reader, self.path, self.header.point_count)
 
     def decompressed(self):
         for points in self.reader.chunk_iterator(self.chunk_size):
@@ -319,18 +325,9 @@ def read_las(path, chunk_size):
             info = StreamInfo(dtype=dtype, source_format="laz" if checked.compressed else "las",
                               point_count=header.point_count, bounds=bounds, format_facts=facts)
 
-            def chunks():
-                remaining = header.point_count
-                try:
-                    for points in reader.chunk_iterator(chunk_size):
-                        remaining -= len(points)
-                        yield to_chunk(points, dtype)
-                except Exception as error:
-                    raise SourceError(f"{path}: cannot read points: {error}") from error
-                if remaining > 0:
-                    raise SourceError(f"{path}: file ends {remaining} points early")
-
-            yield PointStream(info, chunks(), raw=RawRecords(reader, header, chunk_size, path, checked.compressed))
+            chunks = all_points((to_chunk(points, dtype) for points in reader.chunk_iterator(chunk_size)), path,
+                                header.point_count)
+            yield PointStream(info, chunks, raw=RawRecords(reader, header, chunk_size, path, checked.compressed))
     finally:
         source.close()
 

@@ -169,3 +169,23 @@ def test_a_compression_error_stops_the_run_and_leaves_no_file(tmp_path, registry
         """)
     assert len(writers) == 1  # the error surfaced when the next batch was handed over
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_points_are_counted_and_read_errors_name_the_file():
+    assert [len(p) for p in las.all_points([[1, 2], [3]], "a.las", 3)] == [2, 1]
+    with pytest.raises(SourceError, match=r"^a.las: file ends 2 points early$"):
+        list(las.all_points([[1, 2], [3]], "a.las", 5))
+
+    def failing():
+        yield [1]
+        raise ValueError("bad chunk table")
+
+    with pytest.raises(SourceError, match=r"^a.las: cannot read points: bad chunk table$"):
+        list(las.all_points(failing(), "a.las", 5))
+
+    def already_said():
+        raise SourceError("a.las: already said")
+        yield
+
+    with pytest.raises(SourceError, match=r"^a.las: already said$"):  # not wrapped twice
+        list(las.all_points(already_said(), "a.las", 1))
