@@ -284,18 +284,18 @@ def _close(writers, checksums):
         checksums.update(writer.checksums())
 
 
-def _output_record(staging, sink_label, path, known, checksum=True):
-    """What the report says of one staged output: its sink, final path, size and, when `checksum`, its
-    sha256 (from `known` when its writer computed it, else read back from the file)."""
+def _output_record(staging, sink_label, path, known):
+    """What the report says of one staged output: its sink, final path, size and, when the run reports
+    checksums, its sha256 (from `known` when its writer computed it, else read back from the file)."""
     temporary = staging.temporary(path)
-    if not checksum:
+    if not staging.checksums:
         return {"sink": sink_label, "path": path, "size": os.path.getsize(temporary)}
     size, digest = known.get(str(temporary)) or file_digest(temporary)
     return {"sink": sink_label, "path": path, "size": size, "sha256": digest}
 
 
-def _describe_outputs(plan, result, staging, checksum):
-    result.outputs += [_output_record(staging, label, path, result.checksums, checksum)
+def _describe_outputs(plan, result, staging):
+    result.outputs += [_output_record(staging, label, path, result.checksums)
                        for label, path in plan.targets[result.item.index]]
     return result
 
@@ -349,7 +349,7 @@ class Runner:
         with ThreadPoolExecutor(1, thread_name_prefix="checksums") as checksums:
             for item in plan.items:
                 result = process_item(self.stages, item, staging, self.progress.advance, shared, self.fast_path)
-                described.append(checksums.submit(_describe_outputs, plan, result, staging, self.checksums))
+                described.append(checksums.submit(_describe_outputs, plan, result, staging))
                 self.progress.item_done()
             return [future.result() for future in described]
 
@@ -373,8 +373,7 @@ class Runner:
         finally:
             for writer, _ in shared:
                 writer.abort()
-        self.merged_outputs = [_output_record(staging, label, path, checksums, self.checksums)
-                               for label, path in plan.merged]
+        self.merged_outputs = [_output_record(staging, label, path, checksums) for label, path in plan.merged]
         return results
 
     def _measure_bounds(self, items):
@@ -394,7 +393,7 @@ class Runner:
         queue = context.SimpleQueue()
         results = []
         pool = context.Pool(min(self.jobs, len(plan.items)), initializer=_worker_init,
-                            initargs=(self.stages, staging, plan, queue, self.fast_path, self.checksums))
+                            initargs=(self.stages, staging, plan, queue, self.fast_path))
         try:
             pending = pool.imap_unordered(_worker_run, plan.items)
             while len(results) < len(plan.items):
@@ -415,15 +414,15 @@ class Runner:
 _worker = {}
 
 
-def _worker_init(stages, staging, plan, queue, fast_path, checksums):
+def _worker_init(stages, staging, plan, queue, fast_path):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
-    _worker.update(stages=stages, staging=staging, plan=plan, queue=queue, fast_path=fast_path, checksums=checksums)
+    _worker.update(stages=stages, staging=staging, plan=plan, queue=queue, fast_path=fast_path)
 
 
 def _worker_run(item):
     result = process_item(_worker["stages"], item, _worker["staging"], _worker["queue"].put,
                           fast=_worker["fast_path"])
-    return _describe_outputs(_worker["plan"], result, _worker["staging"], _worker["checksums"])
+    return _describe_outputs(_worker["plan"], result, _worker["staging"])
 
 
 def cpu_count():

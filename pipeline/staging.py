@@ -15,8 +15,9 @@ from .errors import PipelineError
 class Staging:
     def __init__(self, token=None, checksums=True):
         self.token = token or secrets.token_hex(6)
-        self.checksums = checksums  # whether the run reports a sha256 of every file: writers that can
-        # compute it while writing then do (see Writer.checksums)
+        # whether the run reports every file's sha256: the runner then reads back the files whose writer did
+        # not compute it while writing (see Writer.checksums)
+        self.checksums = checksums
 
     def temporary(self, final) -> Path:
         final = Path(final)
