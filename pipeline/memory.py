@@ -7,27 +7,21 @@ that memory for reuse; at most TRIM_THRESHOLD of free memory is held. Other C li
 they are.
 """
 import ctypes
+import functools
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
 MMAP_THRESHOLD = 16 << 20  # allocations below this come from the reusable heap
 TRIM_THRESHOLD = 64 << 20  # free memory held for reuse before any is returned
 
-_done = []
-
-
+@functools.cache
 def keep_freed_memory() -> bool:
     """Sets the thresholds once per process; False where the C library is not glibc."""
-    if _done:
-        return _done[0]
-    tuned = False
-    if sys.platform.startswith("linux"):
-        try:
-            mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
-        except (OSError, AttributeError):  # no mallopt: not glibc
-            pass
-        else:
-            mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-            tuned = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
-    _done.append(tuned)
-    return tuned
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
+    except (OSError, AttributeError):  # no mallopt: not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))

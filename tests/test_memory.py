@@ -6,6 +6,13 @@ import pytest
 from pipeline import memory
 
 
+@pytest.fixture(autouse=True)
+def fresh_process_state():
+    memory.keep_freed_memory.cache_clear()
+    yield
+    memory.keep_freed_memory.cache_clear()  # a later run sets the real thresholds again
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_thresholds_are_set_once_on_glibc(monkeypatch):
     calls = []
@@ -18,7 +25,6 @@ def test_thresholds_are_set_once_on_glibc(monkeypatch):
     class FakeLibc:
         mallopt = Mallopt()
 
-    monkeypatch.setattr(memory, "_done", [])
     monkeypatch.setattr(ctypes, "CDLL", lambda name: FakeLibc())
     assert memory.keep_freed_memory() is True
     assert memory.keep_freed_memory() is True
@@ -29,12 +35,10 @@ def test_without_mallopt_nothing_is_set(monkeypatch):
     class NoMallopt:
         pass
 
-    monkeypatch.setattr(memory, "_done", [])
     monkeypatch.setattr(ctypes, "CDLL", lambda name: NoMallopt())
     assert memory.keep_freed_memory() is False
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 def test_the_real_c_library_takes_the_thresholds(monkeypatch):
-    monkeypatch.setattr(memory, "_done", [])
     assert memory.keep_freed_memory() is True
