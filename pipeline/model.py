@@ -159,4 +159,23 @@ class Coordinates:
         return self.xyz[XYZ.index(name)]
 
 
+def copy_records(records, out=None):
+    """A copy of structured records (into `out`, of the same dtype, when given), made as whole records of
+    bytes: numpy copies records of many fields field by field, 50 times slower.
+
+    >>> import numpy as np
+    >>> records = np.array([(1, 2.5), (3, 4.5)], dtype=[("a", "u1"), ("b", "<f8")])
+    >>> copy = copy_records(records)
+    >>> copy[0] = (9, 9.0)
+    >>> copy.tolist(), records.tolist()
+    ([(9, 9.0), (3, 4.5)], [(1, 2.5), (3, 4.5)])
+    """
+    import numpy as np
+    if out is None:
+        out = np.empty(len(records), records.dtype)
+    whole = f"V{records.dtype.itemsize}"
+    np.copyto(out.view(whole), records.view(whole))
+    return out
+
+
 ChunkFunction = Callable[[Any], Any]

@@ -16,7 +16,7 @@ from typing import Optional
 from .background import ahead
 from .errors import PipelineError
 from .memory import keep_freed_memory
-from .model import Bounds, Item, union_bounds
+from .model import Bounds, Item, copy_records, union_bounds
 from .progress import Progress
 from .staging import Staging, file_digest
 
@@ -248,7 +248,7 @@ def _process_raw(stages, item, stream, staging, result, on_points):
         xyz = moved = raw.xyz(block)
         for _, function, _ in steps:
             moved = function(moved)
-        own = [block] + [block.copy() for _ in writers[1:]]  # each writer may change its block
+        own = [block] + [copy_records(block) for _ in writers[1:]]  # each writer may change its block
         work = [writer.prepare_raw(mine, moved) for writer, mine in zip(writers, own)]
         return len(block), Bounds.of(xyz), Bounds.of(moved), work
 

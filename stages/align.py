@@ -4,7 +4,7 @@ import math
 from dataclasses import replace
 
 from pipeline.errors import OptionError, StageError
-from pipeline.model import XYZ, Bounds, Coordinates
+from pipeline.model import XYZ, Bounds, Coordinates, copy_records
 from pipeline.options import Option, anything, boolean, choice, is_number, path, shown
 from pipeline.stage import Transform
 
@@ -122,7 +122,7 @@ def apply_to_chunk(matrix, chunk, centre):
     import numpy as np
     if isinstance(chunk, Coordinates):
         return Coordinates(apply(matrix, chunk.xyz, centre))
-    moved = chunk.copy() if len(chunk.dtype.names) > 3 else np.empty_like(chunk)
+    moved = copy_records(chunk) if len(chunk.dtype.names) > 3 else np.empty_like(chunk)
     for axis, values in zip(XYZ, apply(matrix, Coordinates.of(chunk).xyz, centre)):
         moved[axis] = values
     return moved

@@ -15,7 +15,7 @@ from pathlib import Path
 from pipeline.background import ahead
 from pipeline.errors import OptionError, SinkError, SourceError
 from pipeline.imports import require
-from pipeline.model import XYZ, Coordinates, PointStream, StreamInfo
+from pipeline.model import XYZ, Coordinates, PointStream, StreamInfo, copy_records
 from pipeline.options import Option, boolean, one_of_values, template, xyz_numbers
 from pipeline.stage import Sink, Writer
 
@@ -222,7 +222,7 @@ class RawRecords:
 
     def decompressed(self):
         for points in self.reader.chunk_iterator(self.chunk_size):
-            yield points.array if points.array.flags.writeable else points.array.copy()
+            yield points.array if points.array.flags.writeable else copy_records(points.array)
 
     def read_into_buffers(self, held):
         import numpy as np
@@ -545,7 +545,7 @@ class LasWriter(Writer):
         start = 0
         while start < len(records):
             take = min(len(records) - start, LAZ_BATCH - self.batched)
-            self.batch[self.batched:self.batched + take] = records[start:start + take]
+            copy_records(records[start:start + take], self.batch[self.batched:self.batched + take])
             self.batched += take
             start += take
             if self.batched == LAZ_BATCH:
