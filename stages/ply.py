@@ -272,7 +272,14 @@ class ColourDepth:
                                 "neither fractions of 1 nor whole numbers up to 255")
             return values.astype(np.uint8)
         if self.decided == "16bit":
-            return np.round(values.astype(np.float64) / 257).astype(np.uint8)
+            if values.dtype != np.uint16 and len(values) and (values.min() < 0 or values.max() > 65535):
+                raise SinkError(f"{self.where}: {name} value {values.max() if values.max() > 65535 else values.min()} "
+                                "does not fit 16 bits")
+            # round(v / 257) in integers, exactly: v / 257 is never halfway between two integers (257 is odd)
+            wide = values.astype(np.uint32)
+            wide += 128
+            wide //= 257
+            return wide.astype(np.uint8)
         if values.max(initial=0) > 255 or values.min(initial=0) < 0:
             hint = " (auto chose 8-bit from the first chunk: set `colors: 16bit`)" if self.mode == "auto" else ""
             raise SinkError(f"{self.where}: {name} value {values.max()} does not fit 8 bits{hint}")

@@ -11,6 +11,7 @@ import pytest
 from pipeline import config
 from pipeline.errors import PipelineError, SinkError
 from pipeline.runner import Runner
+from stages.ply import ColourDepth
 from tests.conftest import cli, make_las, run, write_config
 from tests.plyfile_plain import read_plain_ply
 
@@ -398,6 +399,27 @@ def test_colors_16bit_divides_even_small_values(tmp_path, registry):
     assert plain["red"].tolist() == [1, 255]
     assert plain["green"].tolist() == [0, 0]
     assert plain["blue"].tolist() == [1, 1]
+
+
+def test_16_bit_colours_become_the_nearest_8_bit_value_for_every_input():
+    every = np.arange(65536, dtype=np.uint16)
+    depth = ColourDepth("16bit", "sink.ply: c")
+    depth.decided = "16bit"
+    converted = depth.convert("red", every)
+    assert converted.dtype == np.uint8
+    assert converted.tolist() == np.round(every / 257).astype(np.uint8).tolist()
+    assert converted[[128, 129, 385, 386, 65535]].tolist() == [0, 1, 1, 2, 255]
+
+
+def test_16_bit_colours_that_do_not_fit_16_bits_are_an_error():
+    depth = ColourDepth("16bit", "sink.ply: c")
+    depth.decided = "16bit"
+    with pytest.raises(SinkError) as error:
+        depth.convert("green", np.array([5, 70000], dtype=np.int32))
+    assert str(error.value) == "sink.ply: c: green value 70000 does not fit 16 bits"
+    with pytest.raises(SinkError) as error:
+        depth.convert("blue", np.array([-1, 5], dtype=np.int32))
+    assert str(error.value) == "sink.ply: c: blue value -1 does not fit 16 bits"
 
 
 def test_colors_keep_writes_ushort(tmp_path, registry):
