@@ -29,6 +29,21 @@ class CupixError(SourceError):
         self.status = status
 
 
+class Retry(Exception):
+    """Raised by one attempt of CupixClient.retried to ask for another; `last` is the response or the
+    error that made it fail."""
+
+    def __init__(self, last):
+        super().__init__(last)
+        self.last = last
+
+
+def failure(last):
+    """How a failed attempt ended, for messages: its HTTP status, or the kind of error."""
+    status = getattr(last, "status_code", None)
+    return f"HTTP {status}" if status else type(last).__name__
+
+
 def retry_after(response):
     """Seconds from a Retry-After header (a number or an HTTP date), or None."""
     value = response.headers.get("Retry-After") if response is not None else None
@@ -78,31 +93,39 @@ class CupixClient:
         """
         url = f"{self.base_url}{path}"
         what = what or f"GET {path}"
-        last = None
-        for attempt in range(self.retries + 1):
-            if attempt:
-                self.backoff.wait(attempt - 1, last if isinstance(last, self.requests.Response) else None)
+
+        def attempt():
             try:
                 response = self.session.get(url, params=params, headers={AUTH_HEADER: self._token},
                                             timeout=self.timeout, allow_redirects=False)
             except (self.requests.ConnectionError, self.requests.Timeout) as error:
-                last = error
-                log.debug("%s: %s (attempt %d)", what, type(error).__name__, attempt + 1)
-                continue
+                raise Retry(error) from None
             except self.requests.RequestException as error:  # its text may hold the request's headers
                 raise CupixError(f"{what}: the request could not be made ({type(error).__name__})") from None
             if response.status_code in RETRYABLE:
-                last = response
-                log.debug("%s: HTTP %d (attempt %d)", what, response.status_code, attempt + 1)
-                continue
+                raise Retry(response)
             if response.is_redirect and not redirect_expected:
                 raise CupixError(f"{what}: the API answered a redirect (HTTP {response.status_code}), which is not "
                                  "followed with the token; check base_url", response.status_code)
             self.raise_for_status(response, what)
             return response
-        status = last.status_code if isinstance(last, self.requests.Response) else None
-        reason = f"HTTP {status}" if status else type(last).__name__
-        raise CupixError(f"{what} failed after {self.retries + 1} attempts: last {reason}", status)
+
+        return self.retried(attempt, what)
+
+    def retried(self, attempt, what):
+        """What `attempt()` returns, calling it again, after a backoff, each time it raises Retry; after
+        `retries` retries, a CupixError naming the last failure."""
+        last = None
+        for number in range(self.retries + 1):
+            if number:
+                self.backoff.wait(number - 1, last if isinstance(last, self.requests.Response) else None)
+            try:
+                return attempt()
+            except Retry as retry:
+                last = retry.last
+            log.debug("%s: %s (attempt %d)", what, failure(last), number + 1)
+        raise CupixError(f"{what} failed after {self.retries + 1} attempts: last {failure(last)}",
+                         getattr(last, "status_code", None))
 
     def raise_for_status(self, response, what):
         status = response.status_code

@@ -17,7 +17,7 @@ from pipeline.staging import file_digest
 
 from ..cupix_listing import entry_id, meta
 
-from .client import RETRYABLE, CupixError
+from .client import RETRYABLE, CupixError, Retry
 
 log = logging.getLogger(__name__)
 
@@ -198,12 +198,11 @@ class Downloader:
         original = meta(sub).get("original_file_name")
         url = self.client.download_location(endpoint)
         what = f"pointcloud {sub_id} ({sub.get('name')}): storage download from {endpoint}"
-        last = None
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
-        for attempt in range(self.client.retries + 1):
-            if attempt:
-                self.client.backoff.wait(attempt - 1, last if isinstance(last, requests.Response) else None)
+
+        def attempt():
+            nonlocal url
             have = temp.stat().st_size if temp.exists() else 0
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
@@ -211,21 +210,18 @@ class Downloader:
                                       allow_redirects=True) as response:
                     status = response.status_code
                     if status in (400, 403):  # most likely an expired link: ask the API for a fresh one
-                        last = response
                         log.debug("%s: HTTP %d from storage, asking for a fresh link", what, status)
                         url = self.client.download_location(endpoint)
-                        continue
+                        raise Retry(response)
                     if status in RETRYABLE:
-                        last = response
-                        continue
+                        raise Retry(response)
                     if status == 404:
                         raise CupixError(f"{what}: the storage answered 404 for {url_path(url)}", 404)
                     if status not in (200, 206):
                         raise CupixError(f"{what}: HTTP {status} from storage", status)
                     if status == 206 and self.range_start(response) != have:
-                        last = response  # a part we did not ask for: start again from the first byte
-                        temp.unlink(missing_ok=True)
-                        continue
+                        temp.unlink(missing_ok=True)  # a part we did not ask for: start again from the first byte
+                        raise Retry(response)
                     resumed = status == 206
                     expected = self.expected_size(response, have if resumed else 0)
                     with open(temp, "ab" if resumed else "wb") as target:
@@ -236,21 +232,15 @@ class Downloader:
                             self.progress.add(len(block))
                     size = temp.stat().st_size
                     if expected is not None and size != expected:
-                        last = response
-                        log.debug("%s: got %d of %d bytes (attempt %d)", what, size, expected, attempt + 1)
+                        log.debug("%s: got %d of %d bytes", what, size, expected)
                         if size > expected:
                             temp.unlink()
-                        continue
-                    name = local_name(sub_id, response.headers.get("Content-Disposition"), url, original)
-                    return name, url
+                        raise Retry(response)
+                    return local_name(sub_id, response.headers.get("Content-Disposition"), url, original), url
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
-                last = error
-                log.debug("%s: %s (attempt %d)", what, type(error).__name__, attempt + 1)
-        status = last.status_code if isinstance(last, requests.Response) else None
-        reason = f"HTTP {status}" if status else type(last).__name__
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
-        raise CupixError(f"{what} failed after {self.client.retries + 1} attempts: last {reason}", status)
+                raise Retry(error) from None
+
+        return self.client.retried(attempt, what)  # fetch() removes `temp` if this fails
 
     @staticmethod
     def range_start(response):
