@@ -4,6 +4,7 @@ short bodies, 503 bursts, hostile file names). Every request is recorded for ass
 import hashlib
 import hmac
 import json
+import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +43,16 @@ class Recorded:
     status: int = 0
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A client that stops reading (a cancelled or abandoned download) is not an error of the server."""
+
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], ConnectionError):  # BrokenPipeError, ConnectionResetError
+            super().handle_error(request, client_address)
+
+
 class CupixStandIn:
     def __init__(self, items, files, token="secret-token", per_page=2, faults=None, facilities=(), records=(),
                  captures=()):
@@ -58,10 +69,8 @@ class CupixStandIn:
         self.storage_active = 0
         self.storage_most_active = 0  # the most storage requests served at the same time
         self.api_hits = 0
-        self.api = ThreadingHTTPServer(("127.0.0.1", 0), self.handler(self.api_get))
-        self.storage = ThreadingHTTPServer(("127.0.0.1", 0), self.handler(self.storage_get))
-        for server in (self.api, self.storage):
-            server.daemon_threads = True
+        self.api = QuietServer(("127.0.0.1", 0), self.handler(self.api_get))
+        self.storage = QuietServer(("127.0.0.1", 0), self.handler(self.storage_get))
 
     @property
     def base_url(self):
