@@ -272,9 +272,10 @@ class ColourDepth:
                                 "neither fractions of 1 nor whole numbers up to 255")
             return values.astype(np.uint8)
         if self.decided == "16bit":
-            if values.dtype != np.uint16 and len(values) and (values.min() < 0 or values.max() > 65535):
-                raise SinkError(f"{self.where}: {name} value {values.max() if values.max() > 65535 else values.min()} "
-                                "does not fit 16 bits")
+            if values.dtype != np.uint16 and len(values):
+                low, high = values.min(), values.max()
+                if low < 0 or high > 65535:
+                    raise SinkError(f"{self.where}: {name} value {high if high > 65535 else low} does not fit 16 bits")
             # round(v / 257) in integers, exactly: v / 257 is never halfway between two integers (257 is odd)
             wide = values.astype(np.uint32)
             wide += 128
