@@ -42,6 +42,20 @@ def run(folder, registry, body, **runner_options):
     return runner.run(runner.plan())
 
 
+def ply_run(folder, registry, source, options=None):
+    """Runs `source` (a file in `folder`) into out/{name}.ply with these sink.ply options; the PLY's path."""
+    lines = "".join(f"            {key}: {value}\n" for key, value in (options or {}).items())
+    run(folder, registry, f"""
+        version: 1
+        stages:
+          - type: source.files
+            paths: [{source}]
+          - type: sink.ply
+            path: out/{{name}}.ply
+{lines}""")
+    return Path(folder) / "out" / f"{source.rsplit('.', 1)[0]}.ply"
+
+
 def cli(*args, cwd=None, timeout=120):
     """`python -m pipeline ARGS` in a child process."""
     return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], capture_output=True, text=True,

@@ -6,9 +6,8 @@ import pytest
 
 from pipeline.errors import PipelineError, SinkError
 from pipeline.model import safe_name
-from tests.conftest import make_las
+from tests.conftest import make_las, ply_run, run
 from tests.plyfile_plain import read_plain_ply
-from tests.conftest import run
 
 
 def test_zero_point_text_files_give_valid_empty_outputs(tmp_path, registry):
@@ -32,15 +31,7 @@ def test_zero_point_text_files_give_valid_empty_outputs(tmp_path, registry):
 
 def test_a_csv_with_a_byte_order_mark_is_read(tmp_path, registry):
     (tmp_path / "excel.csv").write_bytes(b"\xef\xbb\xbfX,Y,Z,Intensity\r\n1.5,2,3,10\r\n4,5,6.25,20\r\n")
-    run(tmp_path, registry, """
-        version: 1
-        stages:
-          - type: source.files
-            paths: [excel.csv]
-          - type: sink.ply
-            path: out/{name}.ply
-    """)
-    ply = read_plain_ply(tmp_path / "out/excel.ply")
+    ply = read_plain_ply(ply_run(tmp_path, registry, "excel.csv"))
     assert ply["x"].tolist() == [1.5, 4.0] and ply["z"].tolist() == [3.0, 6.25]
     assert ply["intensity"].tolist() == [10, 20]
 
@@ -77,29 +68,14 @@ def test_float_colours_become_uchar(tmp_path, registry, values, expected):
     (tmp_path / "c.ply").write_text("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\n"
                                     "property float z\nproperty float red\nproperty float green\nproperty float blue\n"
                                     f"end_header\n{lines}")
-    run(tmp_path, registry, """
-        version: 1
-        stages:
-          - type: source.files
-            paths: [c.ply]
-          - type: sink.ply
-            path: out/{name}.ply
-    """)
-    assert read_plain_ply(tmp_path / "out/c.ply")["red"].tolist() == expected
+    assert read_plain_ply(ply_run(tmp_path, registry, "c.ply"))["red"].tolist() == expected
 
 
 def test_float_colours_that_are_not_colours_are_refused(tmp_path, registry):
     (tmp_path / "c.ply").write_text("ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nproperty float y\n"
                                     "property float z\nproperty float red\nend_header\n0 0 0 3.5\n")
     with pytest.raises(SinkError) as error:
-        run(tmp_path, registry, """
-            version: 1
-            stages:
-              - type: source.files
-                paths: [c.ply]
-              - type: sink.ply
-                path: out/{name}.ply
-        """)
+        ply_run(tmp_path, registry, "c.ply")
     assert str(error.value) == ("stages[1] (sink.ply): c: red has float values 3.5..3.5 that are neither fractions "
                                 "of 1 nor whole numbers up to 255")
     assert not (tmp_path / "out/c.ply").exists()

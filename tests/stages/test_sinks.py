@@ -12,7 +12,7 @@ from pipeline import config
 from pipeline.errors import PipelineError, SinkError
 from pipeline.runner import Runner
 from stages.ply import ColourDepth
-from tests.conftest import cli, make_las, run, write_config
+from tests.conftest import cli, make_las, ply_run, run, write_config
 from tests.plyfile_plain import read_plain_ply
 
 
@@ -300,19 +300,6 @@ def test_report_lists_merged_outputs_with_size_and_sha256(merge_inputs):
 
 SURVEY_XYZ = np.array([[350000.123, 4000000.456, 10.789], [350010.5, 4000005.25, 12.0],
                        [350003.001, 4000001.999, 11.5]])
-
-
-def ply_run(tmp_path, registry, source, options):
-    lines = "".join(f"            {key}: {value}\n" for key, value in options.items())
-    run(tmp_path, registry, f"""
-        version: 1
-        stages:
-          - type: source.files
-            paths: [{source}]
-          - type: sink.ply
-            path: out/{{name}}.ply
-{lines}""")
-    return tmp_path / "out" / f"{source.rsplit('.', 1)[0]}.ply"
 
 
 def header_lines(path):
