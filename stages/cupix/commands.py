@@ -140,10 +140,11 @@ def align_each(subs, listing, args):
             records, notes = plan_alignment(entries, args.layout, args.compose, args.scale, "warn")
             return {s["id"]: r for (s, _), r in zip(entries, records)}, notes, problems
         except ValueError as error:
-            culprit = next((s for s, g in entries if failing(s, g, args)), None)
-            if culprit is None:
+            found = next(((s, problem) for s, g in entries if (problem := failing(s, g, args))), None)
+            if found is None:
                 raise PipelineError(f"capture {args.capture}: {error}") from error
-            problems[culprit["id"]] = failing(culprit, listing.group_of(culprit), args)
+            culprit, problem = found
+            problems[culprit["id"]] = problem
 
 
 def failing(sub, group, args):
