@@ -73,11 +73,11 @@ class Listing:
     def group_of(self, sub):
         return self.by_id.get(parent_id(sub) or "")
 
-    def find_groups(self, fetch, subs=None):
-        """Fetches (with `fetch(id) -> entry`) the groups of `subs` (default: all) that the listing lacks;
-        returns the fetched entries."""
+    def find_groups(self, fetch, subs):
+        """Fetches (with `fetch(id) -> entry`) the groups of `subs` that the listing lacks; returns the
+        fetched entries."""
         fetched = []
-        for sub in self.subs() if subs is None else subs:
+        for sub in subs:
             group_id = parent_id(sub)
             if group_id and group_id not in self.by_id:
                 entry = fetch(group_id)
