@@ -83,7 +83,8 @@ def make_plan(stages: Stages) -> Plan:
             other_sink, other_item = owners[resolved]
             also = f" (also written by {other_sink})" if other_sink != sink.label else ""
             raise PipelineError(f"{sink.label}: items {other_item.name!r} and {item.name!r} would both write "
-                                f"{path}{also}; add a field that differs between them, such as {{index}}, to the path template")
+                                f"{path}{also}; add a field that differs between them, such as {{index}}, "
+                                "to the path template")
         owners[resolved] = (sink.label, item)
         return (sink.label, str(path))
 

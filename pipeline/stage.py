@@ -82,7 +82,6 @@ class Transform(Stage):
         raise NotImplementedError
 
 
-
 class Writer:
     """What `Sink.open` returns: receives every chunk of one item, then `close` or `abort`."""
 
