@@ -120,7 +120,7 @@ def measured(command, cwd=None):
     return seconds, usage.ru_maxrss / 1024, stolen
 
 
-def config(folder, inputs, sink, name="bench.yaml", extra=""):
+def config(folder, inputs, sink, name="bench.yaml"):
     path = Path(folder) / name
     path.write_text(textwrap.dedent(f"""
         version: 1
@@ -132,7 +132,7 @@ def config(folder, inputs, sink, name="bench.yaml", extra=""):
             matrix: {json.dumps(MATRIX)}
           - type: {sink[0]}
             path: {json.dumps(str(Path(folder) / 'out' / ('{name}' + sink[1])))}
-        {extra}"""))
+        """))
     return path
 
 
