@@ -7,6 +7,7 @@ import logging
 import random
 import time
 from email.utils import parsedate_to_datetime
+from urllib.parse import quote
 
 from pipeline.errors import SourceError
 from pipeline.imports import require
@@ -85,6 +86,18 @@ class CupixClient:
     def __repr__(self):  # never show the token
         return f"CupixClient({self.base_url!r})"
 
+    def mask(self, text):
+        """`text` on one line with the token, as it is or URL-encoded, shown as ***."""
+        text = " ".join(str(text).split())
+        for form in {self._token, quote(self._token, safe="")}:
+            if form:
+                text = text.replace(form, "***")
+        return text
+
+    def error(self, message, status=None):
+        """A CupixError whose one line never shows the token (a server may echo it)."""
+        return CupixError(self.mask(message), status)
+
     def request(self, path, params=None, redirect_expected=False, what=None):
         """A GET to the API with the token; retried on 429, 5xx, connection errors and timeouts.
 
@@ -101,11 +114,11 @@ class CupixClient:
             except (self.requests.ConnectionError, self.requests.Timeout) as error:
                 raise Retry(error) from None
             except self.requests.RequestException as error:  # its text may hold the request's headers
-                raise CupixError(f"{what}: the request could not be made ({type(error).__name__})") from None
+                raise self.error(f"{what}: the request could not be made ({type(error).__name__})") from None
             if response.status_code in RETRYABLE:
                 raise Retry(response)
             if response.is_redirect and not redirect_expected:
-                raise CupixError(f"{what}: the API answered a redirect (HTTP {response.status_code}), which is not "
+                raise self.error(f"{what}: the API answered a redirect (HTTP {response.status_code}), which is not "
                                  "followed with the token; check base_url", response.status_code)
             self.raise_for_status(response, what)
             return response
@@ -124,16 +137,16 @@ class CupixClient:
             except Retry as retry:
                 last = retry.last
             log.debug("%s: %s (attempt %d)", what, failure(last), number + 1)
-        raise CupixError(f"{what} failed after {self.retries + 1} attempts: last {failure(last)}",
+        raise self.error(f"{what} failed after {self.retries + 1} attempts: last {failure(last)}",
                          getattr(last, "status_code", None))
 
     def raise_for_status(self, response, what):
         status = response.status_code
         if status in (401, 403):
-            raise CupixError(f"Cupix rejected the API token (HTTP {status} for {what}); check the token "
+            raise self.error(f"Cupix rejected the API token (HTTP {status} for {what}); check the token "
                              "(e.g. CUPIX_API_KEY)", status)
         if status == 404:
-            raise CupixError(f"{what}: not found (HTTP 404)", status)
+            raise self.error(f"{what}: not found (HTTP 404)", status)
         if status >= 400:
             reason = ""
             try:
@@ -141,14 +154,15 @@ class CupixClient:
                 reason = body.get("reason") or body.get("message") or ""
             except (ValueError, AttributeError):
                 pass
-            raise CupixError(f"{what}: HTTP {status}{': ' + str(reason) if reason else ''}", status)
+            reason = str(reason)[:200]
+            raise self.error(f"{what}: HTTP {status}{': ' + reason if reason else ''}", status)
 
     def get_json(self, path, params=None, what=None):
         response = self.request(path, params, what=what)
         try:
             return response.json()
         except ValueError as error:
-            raise CupixError(f"{what or 'GET ' + path}: the answer is not JSON") from error
+            raise self.error(f"{what or 'GET ' + path}: the answer is not JSON") from error
 
     def paged(self, path, params, what=None):
         """Every item of a paged listing, following `next_page` until it is null."""
@@ -167,7 +181,7 @@ class CupixClient:
             if following is None or (total is not None and current >= total):
                 return
             page = int(following)
-        raise CupixError(f"{what or 'GET ' + path}: more than {MAX_PAGES} pages")
+        raise self.error(f"{what or 'GET ' + path}: more than {MAX_PAGES} pages")
 
     def pointclouds(self, **filters):
         params = {"fields": POINTCLOUD_FIELDS, **{k: v for k, v in filters.items() if v is not None}}
@@ -178,7 +192,7 @@ class CupixClient:
                               what=f"GET /pointclouds/{identifier}")
         data = ((reply or {}).get("result") or {}).get("data")
         if not isinstance(data, dict):
-            raise CupixError(f"GET /pointclouds/{identifier}: no item in the answer")
+            raise self.error(f"GET /pointclouds/{identifier}: no item in the answer")
         return data
 
     def download_location(self, endpoint):
@@ -186,7 +200,7 @@ class CupixClient:
         response = self.request(endpoint, redirect_expected=True, what=f"GET {endpoint}")
         if response.status_code in (301, 302, 303, 307, 308) and response.headers.get("Location"):
             return response.headers["Location"]
-        raise CupixError(f"GET {endpoint}: expected a redirect to the file, got HTTP {response.status_code}",
+        raise self.error(f"GET {endpoint}: expected a redirect to the file, got HTTP {response.status_code}",
                          response.status_code)
 
     def listing(self, path, params, what=None):

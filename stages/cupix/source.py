@@ -9,7 +9,7 @@ import weakref
 from concurrent.futures import Future
 from contextlib import contextmanager
 
-from pipeline.errors import OptionError, SourceError
+from pipeline.errors import OptionError, PipelineError, SourceError
 from pipeline.model import Item
 from pipeline.options import Kind, Option, boolean, choice, integer, list_of, number, path, shown, text
 from pipeline.stage import Source
@@ -136,7 +136,23 @@ class CupixSource(Source):
                 chosen.append(attrs)
         return chosen
 
+    @contextmanager
+    def _no_token(self):
+        """Errors leave the source without the token, whatever server text they quote."""
+        try:
+            yield
+        except PipelineError as error:
+            token = self.options["token"]
+            if token and token in str(error):
+                error.args = (str(error).replace(token, "***"),)
+                error.__cause__, error.__suppress_context__ = None, True
+            raise
+
     def items(self):
+        with self._no_token():
+            return self._items()
+
+    def _items(self):
         from ..align import sixteen
 
         entries = self.list_entries()
@@ -194,7 +210,8 @@ class CupixSource(Source):
     def local_file(self, item):
         with self._lock:
             future = self._downloads.get(item.index)
-        return future.result() if future is not None else self._fetch(item)
+        with self._no_token():
+            return future.result() if future is not None else self._fetch(item)
 
     @contextmanager
     def read(self, item):

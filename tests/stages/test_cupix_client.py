@@ -210,3 +210,28 @@ def test_a_token_with_a_control_character_is_refused_without_showing_it(tmp_path
     loaded = config.load(path, registry, environ={"CUPIX_API_KEY": "0123", "CAPTURE": "0042"})
     assert loaded.source.options["token"] == "0123"  # digits from the environment stay as written
     assert loaded.source.options["capture_id"] == "0042"
+
+
+@pytest.mark.parametrize("field", ["reason", "message"])
+def test_an_error_body_holding_the_token_is_masked(client, field):
+    body = {"result": {"code": 400, "type": "BadRequest", field: f"bad header X-CUPIX-AUTH={TOKEN}\nsee {TOKEN}"}}
+    responses.start()
+    try:
+        responses.get(f"{BASE}/pointclouds/5", status=400, json=body)
+        with pytest.raises(CupixError) as error:
+            client.pointcloud("5")
+    finally:
+        responses.stop()
+        responses.reset()
+    assert str(error.value) == "GET /pointclouds/5: HTTP 400: bad header X-CUPIX-AUTH=*** see ***"
+
+
+@responses.activate
+def test_no_error_of_the_source_shows_the_token(tmp_path):
+    named = pc(5, parent=7, name=f"scan {TOKEN}", pointcloud_type="3d_reconstructed", ply_uploaded_at=None)
+    responses.get(f"{BASE}/pointclouds", json=page([named, pc(7, "group")], 1, 1))
+    source = CupixSource({**{o.name: o.default for o in CupixSource.options}, "base_url": BASE, "token": TOKEN,
+                          "capture_id": "1234", "download_dir": str(tmp_path)})
+    with pytest.raises(SourceError) as error:
+        source.items()
+    assert TOKEN not in str(error.value) and error.value.__cause__ is None
