@@ -21,6 +21,9 @@ TOP_LEVEL_KEYS = ("version", "stages")
 ORDER = {"source": 0, "transform": 1, "sink": 2}
 ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 TAG_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+# A config is small: a YAML alias bomb (each level repeating an anchor) expands past these in microseconds
+MAX_VALUES = 100_000  # values in the document once its aliases are expanded
+MAX_DEPTH = 50  # lists and mappings nested in one another
 
 
 @dataclass(frozen=True)
@@ -89,10 +92,48 @@ class Override:
         if not equals or not dot or not tag or not option:
             raise UsageError(f"--set {target}: expected TAG.OPTION=VALUE")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = parse_value(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
+        except Refused as refused:
+            raise UsageError(f"--set {target}: {refused}") from None
         return Override(tag, option, value, text)
+
+
+class Refused(Exception):
+    """YAML that is refused whole (too many values once expanded, nested too deep, recursive, tagged)."""
+
+    def __init__(self, message, line=None):
+        super().__init__(message)
+        self.line = line
+
+
+def composed(text):
+    """The YAML node graph of `text`, refusing explicit tags (`!!python/...`, `!!binary`, ...): a config
+    needs none, and they only widen what a file can make the loader do."""
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, yaml.TagToken):
+            raise Refused(f"YAML tags are not accepted ({token.value[0]}{token.value[1]})",
+                          token.start_mark.line + 1)
+        if isinstance(token, (yaml.FlowSequenceStartToken, yaml.FlowMappingStartToken, yaml.BlockMappingStartToken,
+                              yaml.BlockSequenceStartToken)):
+            depth += 1
+            if depth > MAX_DEPTH:  # refused before the composer recurses (and the scanner slows) on it
+                raise Refused(f"lists or mappings nested more than {MAX_DEPTH} deep", token.start_mark.line + 1)
+        elif isinstance(token, (yaml.FlowSequenceEndToken, yaml.FlowMappingEndToken, yaml.BlockEndToken)):
+            depth -= 1
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
+def parse_value(text):
+    """A value written as YAML (e.g. on the command line), under the same limits as a config file."""
+    located = _Located("--set", {})
+    node = composed(text)
+    value = located.build(node) if node is not None else None
+    if located.problems:
+        raise yaml.YAMLError(located.problems[0])
+    return value
 
 
 class _Located:
@@ -104,34 +145,59 @@ class _Located:
         self.lines = {}
         self.problems = []
         self._constructor = yaml.SafeLoader("")
+        self._values = 0
+        self._open = []  # the collections being built, outermost first
 
     def build(self, node, where=()):
+        self._values += 1
+        if self._values > MAX_VALUES:
+            raise Refused(f"more than {MAX_VALUES:,} values once its aliases are expanded", node.start_mark.line + 1)
         self.lines[where] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+            if any(node is other for other in self._open):
+                raise Refused("an alias refers to a list or mapping that holds it (recursive YAML)",
+                              node.start_mark.line + 1)
+            if len(self._open) >= MAX_DEPTH:
+                raise Refused(f"lists or mappings nested more than {MAX_DEPTH} deep", node.start_mark.line + 1)
+            self._open.append(node)
             try:
-                self._constructor.flatten_mapping(node)  # `<<: *anchor` merge keys
-            except yaml.YAMLError as error:
-                self._problem(node, where, f"invalid YAML: {getattr(error, 'problem', None) or error}")
-                return None
-            result = {}
-            for key_node, value_node in node.value:
-                key = self.build(key_node, where + ("<key>",))
-                if not isinstance(key, (str, int, float, bool)) or key is None:
-                    self._problem(key_node, where, f"a key must be a plain name, got {shown(key)}")
-                    continue
-                result[key] = self.build(value_node, where + (key,))
-                self.lines[where + (key,)] = key_node.start_mark.line + 1
-            return result
-        if isinstance(node, yaml.SequenceNode):
-            return [self.build(child, where + (i,)) for i, child in enumerate(node.value)]
+                return self._mapping(node, where) if isinstance(node, yaml.MappingNode) else \
+                    [self.build(child, where + (i,)) for i, child in enumerate(node.value)]
+            finally:
+                self._open.pop()
         try:
             value = self._constructor.construct_object(node, deep=True)
         except yaml.YAMLError as error:
             self._problem(node, where, f"invalid YAML: {getattr(error, 'problem', None) or error}")
             return None
+        except ValueError:  # Python refuses integers of thousands of digits
+            self._problem(node, where, f"a number of {len(node.value):,} digits is not accepted")
+            return None
         if isinstance(value, str) and "$" in value:
             value = self._expand(node, value, where)
         return value
+
+    def _mapping(self, node, where):
+        written = [key for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]
+        try:
+            self._constructor.flatten_mapping(node)  # `<<: *anchor` merge keys, which written keys override
+        except yaml.YAMLError as error:
+            self._problem(node, where, f"invalid YAML: {getattr(error, 'problem', None) or error}")
+            return None
+        result, written_on = {}, {}
+        for key_node, value_node in node.value:
+            key = self.build(key_node, where + ("<key>",))
+            if not isinstance(key, (str, int, float, bool)) or key is None:
+                self._problem(key_node, where, f"a key must be a plain name, got {shown(key)}")
+                continue
+            line = key_node.start_mark.line + 1
+            if any(key_node is k for k in written):
+                if key in written_on:
+                    self._problem(key_node, where + (key,), f"duplicate key {key!r} (also on line {written_on[key]})")
+                written_on[key] = line
+            result[key] = self.build(value_node, where + (key,))
+            self.lines[where + (key,)] = line
+        return result
 
     def _expand(self, node, value, where):
         def substitute(match):
@@ -148,8 +214,8 @@ class _Located:
         expanded = ENV_REFERENCE.sub(substitute, value)
         if node.style is None:  # a plain scalar: `capture_id: ${ID}` gives a number, as if written inline
             try:
-                typed = yaml.safe_load(expanded)
-            except yaml.YAMLError:
+                typed = parse_value(expanded)
+            except (yaml.YAMLError, Refused):
                 return expanded
             if isinstance(typed, (int, float, bool)):
                 return FromEnvironment(expanded, typed)
@@ -177,8 +243,10 @@ def load(path, registry, overrides=(), environ=None, display=None, source_option
         raw = path.read_bytes()
     except OSError as error:
         raise ConfigError([f"{display}: cannot read config: {error.strerror or error}"]) from error
+    located = _Located(display, os.environ if environ is None else environ)
     try:
-        node = yaml.compose(raw.decode("utf-8"), Loader=yaml.SafeLoader)
+        node = composed(raw.decode("utf-8"))
+        document = located.build(node) if node is not None else None
     except UnicodeDecodeError as error:
         raise ConfigError([f"{display}: not a UTF-8 text file ({error.reason})"]) from error
     except yaml.YAMLError as error:
@@ -186,8 +254,9 @@ def load(path, registry, overrides=(), environ=None, display=None, source_option
         line = f":{mark.line + 1}" if mark else ""
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
         raise ConfigError([f"{display}{line}: invalid YAML: {problem}"]) from error
-    located = _Located(display, os.environ if environ is None else environ)
-    document = located.build(node) if node is not None else None
+    except Refused as refused:
+        line = f":{refused.line}" if refused.line else ""
+        raise ConfigError([f"{display}{line}: refused: {refused}"]) from None
     if located.problems:  # YAML and environment problems first: option checks would only echo them
         raise ConfigError(located.problems)
     validator = _Validator(display, path.resolve().parent, registry, located.lines, located.problems)

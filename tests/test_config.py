@@ -7,6 +7,7 @@ import glob
 import hashlib
 import os
 import textwrap
+import time
 from pathlib import Path
 from types import MappingProxyType
 
@@ -971,3 +972,67 @@ def test_demo_config(registry):
         str(REPO / "out" / "{name}.las"), str(REPO / "out" / "{name}.laz"), str(REPO / "out" / "{name}.ply")]
     assert isinstance(config.source, StageSpec)
     assert FilesSource in {registry.get(spec.type) for spec in config.stages}
+
+
+# --- hostile YAML: refused whole, at once, in one line ------------------------------------------------
+
+def alias_bomb(levels=9, width=9):
+    """448 bytes or so that a naive loader expands into width**levels values."""
+    lines = [f"a0: &a0 [{', '.join(['x'] * width)}]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nversion: 1\nstages: *a{levels}\n"
+
+
+@pytest.mark.parametrize("content, line, message", [
+    (alias_bomb(), 1, "more than 100,000 values once its aliases are expanded"),
+    ("version: 1\nstages: &s [*s]\n", 2, "an alias refers to a list or mapping that holds it (recursive YAML)"),
+    ("version: 1\nstages: &s\n  - type: source.files\n    paths: *s\n", 2,
+     "an alias refers to a list or mapping that holds it (recursive YAML)"),
+    ("version: 1\nstages: " + "[" * 5000 + "]" * 5000 + "\n", 2, "lists or mappings nested more than 50 deep"),
+    ("version: 1\nstages: !!python/object/apply:os.system [ls]\n", 2,
+     "YAML tags are not accepted (!!python/object/apply:os.system)"),
+    ("version: 1\nstages:\n  - type: !!str source.files\n", 3, "YAML tags are not accepted (!!str)"),
+    ("version: !custom 1\n", 1, "YAML tags are not accepted (!custom)"),
+])
+def test_hostile_yaml_is_refused_in_one_line_at_once(tmp_path, registry, content, line, message):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(content)
+    started = time.perf_counter()
+
+    assert problems(path, registry) == [f"{path}:{line}: refused: {message}"]
+    assert time.perf_counter() - started < 0.5
+
+
+def test_an_alias_bomb_on_the_command_line_is_refused(tmp_path, registry):
+    path = write(tmp_path, TAGGED)
+    bomb = alias_bomb().replace("\nversion: 1\nstages: *a9\n", "").replace("\n", ", ")
+
+    with pytest.raises(UsageError) as caught:
+        load(path, registry, overrides=[f"input.paths=[{bomb}]"])
+
+    assert str(caught.value) == "--set input.paths: more than 100,000 values once its aliases are expanded"
+
+
+def test_duplicate_keys_are_an_error_naming_both_lines(tmp_path, registry):
+    path = write(tmp_path, """\
+        version: 1
+        stages:
+          - type: source.files
+            paths: [a.las]
+            chunk_size: 10
+            paths: [b.las]
+          - type: sink.las
+            path: out/{name}.las
+        version: 1
+        """)
+
+    assert problems(path, registry) == [
+        f"{path}:6: stages[0] > paths: duplicate key 'paths' (also on line 4)",
+        f"{path}:9: version: duplicate key 'version' (also on line 1)",
+    ]
+
+
+def test_a_number_of_a_hundred_thousand_digits_is_one_line(tmp_path, registry):
+    path = write(tmp_path, TAGGED.replace("    paths: [a.laz]\n", "    paths: [a.laz]\n    chunk_size: " + "9" * 100_000 + "\n"))
+
+    assert problems(path, registry) == [f"{path}:6: stages[0] > chunk_size: a number of 100,000 digits is not accepted"]
