@@ -34,8 +34,14 @@ def attributes(entry):
 
 
 def meta(attrs, part="prop"):
-    """`meta.prop` (or another part of `meta`) of an item's attributes, {} when absent."""
-    return ((attrs or {}).get("meta") or {}).get(part) or {}
+    """`meta.prop` (or another part of `meta`) of an item's attributes, {} when absent or not a mapping.
+
+    >>> meta({"meta": {"prop": {"tm": [1]}}}), meta({"meta": "none"}), meta({"meta": {"prop": [1]}})
+    ({'tm': [1]}, {}, {})
+    """
+    found = (attrs or {}).get("meta")
+    found = found.get(part) if isinstance(found, dict) else None
+    return found if isinstance(found, dict) else {}
 
 
 def entry_id(entry):

@@ -32,6 +32,7 @@ class Faults:
     disposition: dict = field(default_factory=dict)  # sub id -> raw Content-Disposition header
     storage_delay: float = 0.0  # seconds before each storage answer
     slow: dict = field(default_factory=dict)  # sub id -> seconds before that sub's storage answer
+    endless_pages: bool = False  # every listing page answers the first page's items and a next_page
 
 
 @dataclass
@@ -167,6 +168,9 @@ class CupixStandIn:
         pagination = {"total_entries": len(chosen), "total_pages": pages, "per_page": size,
                       "previous_page": number - 1 or None, "current_page": number,
                       "next_page": number + 1 if number < pages else None}
+        if self.faults.endless_pages:
+            data = chosen[:size]
+            pagination.update(total_pages=None, next_page=number + 1)
         self.json(handler, 200, {"result": {"data": data, "pagination": pagination}, "session": None}, record)
 
     def signature(self, path, expires):

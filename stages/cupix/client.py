@@ -72,6 +72,49 @@ class Backoff:
         self.sleep(min(delay, self.cap * 4))
 
 
+def kind_of(value):
+    """How a JSON value is described in messages: 'a list', 'a string', 'null', ..."""
+    if value is None:
+        return "null"
+    names = {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def mapping(document, key, where, client):
+    """`document[key]`, which must be a mapping."""
+    value = document.get(key)
+    if not isinstance(value, dict):
+        raise client.error(f"{where}: expected {key} to be a mapping, got {kind_of(value)}")
+    return value
+
+
+def item_id(item, where, client):
+    """The id of a listing item (`attributes.id`, else its outer `id`), as text; an item without one, or
+    of the wrong shape, is an error."""
+    if not isinstance(item, dict):
+        raise client.error(f"{where} is not a mapping ({kind_of(item)})")
+    attributes = item.get("attributes")
+    if attributes is not None and not isinstance(attributes, dict):
+        raise client.error(f"{where}'s attributes are not a mapping ({kind_of(attributes)})")
+    identifier = (attributes or {}).get("id", item.get("id"))
+    if isinstance(identifier, bool) or not isinstance(identifier, (int, str)) or not str(identifier).strip():
+        raise client.error(f"{where} has no id")
+    return str(identifier)
+
+
+def page_number(pagination, key, where, client):
+    """A page number of `pagination` (an integer, or its digits as text), or None."""
+    value = pagination.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 and key != "total_pages" or value < 0:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise client.error(f"{where}: {key} {shown} is not a page number")
+    return value
+
+
 class CupixClient:
     def __init__(self, base_url, token, timeout=60.0, retries=5, backoff=None, session=None):
         requests = require("requests", "the Cupix API")
@@ -165,34 +208,59 @@ class CupixClient:
             raise self.error(f"{what or 'GET ' + path}: the answer is not JSON") from error
 
     def paged(self, path, params, what=None):
-        """Every item of a paged listing, following `next_page` until it is null."""
-        page = 1
+        """Every item of a paged listing, following `next_page` until it is null (or the last page).
+
+        A listing that would not end (a `next_page` already read, or a page adding no item not listed
+        before while pointing to another) and an answer of the wrong shape are one-line errors."""
+        what = what or f"GET {path}"
+        page, read, seen = 1, set(), set()
         for _ in range(MAX_PAGES):
+            read.add(page)
             reply = self.get_json(path, {**params, "page": page, "per_page": PER_PAGE}, what=what)
-            result = (reply or {}).get("result") or {}
-            data = result.get("data") or []
+            here = f"{what}: page {page}"
+            if not isinstance(reply, dict):
+                raise self.error(f"{here}: expected a mapping, got {kind_of(reply)}")
+            result = mapping(reply, "result", here, self)
+            data = result.get("data")
+            if not isinstance(data, list):
+                raise self.error(f"{here}: expected result.data to be a list, got {kind_of(data)}")
+            ids = {item_id(item, f"{here}: item {number}", self) for number, item in enumerate(data, 1)}
+            new = ids - seen
+            seen |= ids
             yield from data
             pagination = result.get("pagination")
-            if not pagination or not data:
+            if pagination is None or not data:
                 return
-            current = pagination.get("current_page") or page
-            total = pagination.get("total_pages")
-            following = pagination.get("next_page")
+            if not isinstance(pagination, dict):
+                raise self.error(f"{here}: expected result.pagination to be a mapping or null, got "
+                                 f"{kind_of(pagination)}")
+            current = page_number(pagination, "current_page", here, self) or page
+            total = page_number(pagination, "total_pages", here, self)
+            following = page_number(pagination, "next_page", here, self)
             if following is None or (total is not None and current >= total):
                 return
-            page = int(following)
-        raise self.error(f"{what or 'GET ' + path}: more than {MAX_PAGES} pages")
+            if following in read:
+                raise self.error(f"{what}: next_page {following} repeats a page already read (page {page} gave it): "
+                                 "the listing does not end")
+            if not new:
+                raise self.error(f"{what}: page {page} adds no new item (its {len(data)} were all listed before) and "
+                                 f"points to page {following}: the listing does not end")
+            page = following
+        raise self.error(f"{what}: more than {MAX_PAGES} pages")
 
     def pointclouds(self, **filters):
         params = {"fields": POINTCLOUD_FIELDS, **{k: v for k, v in filters.items() if v is not None}}
         return list(self.paged("/pointclouds", params, what="GET /pointclouds"))
 
     def pointcloud(self, identifier):
-        reply = self.get_json(f"/pointclouds/{identifier}", {"fields": POINTCLOUD_FIELDS},
-                              what=f"GET /pointclouds/{identifier}")
-        data = ((reply or {}).get("result") or {}).get("data")
+        what = f"GET /pointclouds/{identifier}"
+        reply = self.get_json(f"/pointclouds/{identifier}", {"fields": POINTCLOUD_FIELDS}, what=what)
+        if not isinstance(reply, dict):
+            raise self.error(f"{what}: expected a mapping, got {kind_of(reply)}")
+        data = mapping(reply, "result", what, self).get("data")
         if not isinstance(data, dict):
-            raise self.error(f"GET /pointclouds/{identifier}: no item in the answer")
+            raise self.error(f"{what}: expected result.data to be one item (a mapping), got {kind_of(data)}")
+        item_id(data, f"{what}: the item", self)
         return data
 
     def download_location(self, endpoint):

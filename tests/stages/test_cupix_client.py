@@ -235,3 +235,96 @@ def test_no_error_of_the_source_shows_the_token(tmp_path):
     with pytest.raises(SourceError) as error:
         source.items()
     assert TOKEN not in str(error.value) and error.value.__cause__ is None
+
+
+def answers(*replies):
+    """A /pointclouds listing answering `replies` in order (the last one again and again)."""
+    for reply in replies:
+        responses.get(f"{BASE}/pointclouds", json=reply)
+
+
+def pagination(current, following, total=None):
+    return {"current_page": current, "next_page": following, "total_pages": total}
+
+
+@pytest.mark.parametrize("replies, message", [
+    ([{"result": {"data": [pc(1)], "pagination": pagination(1, 2)}},
+      {"result": {"data": [pc(2)], "pagination": pagination(2, 1)}}],
+     "GET /pointclouds: next_page 1 repeats a page already read (page 2 gave it): the listing does not end"),
+    ([{"result": {"data": [pc(1), pc(2)], "pagination": pagination(1, 1)}}],
+     "GET /pointclouds: next_page 1 repeats a page already read (page 1 gave it): the listing does not end"),
+    ([{"result": {"data": [pc(1), pc(2)], "pagination": pagination(1, 2)}},
+      {"result": {"data": [pc(2), pc(1)], "pagination": pagination(2, 3)}}],
+     "GET /pointclouds: page 2 adds no new item (its 2 were all listed before) and points to page 3: "
+     "the listing does not end"),
+    ([{"result": {"data": [pc(1)], "pagination": pagination(1, "abc")}}],
+     "GET /pointclouds: page 1: next_page 'abc' is not a page number"),
+    ([{"result": {"data": [pc(1)], "pagination": pagination(1, 2, total="many")}}],
+     "GET /pointclouds: page 1: total_pages 'many' is not a page number"),
+    ([{"result": {"data": [pc(1)], "pagination": pagination(1, True)}}],
+     "GET /pointclouds: page 1: next_page True is not a page number"),
+    ([{"result": [pc(1)]}], "GET /pointclouds: page 1: expected result to be a mapping, got a list"),
+    ([{"result": "busy"}], "GET /pointclouds: page 1: expected result to be a mapping, got a string"),
+    ([[pc(1)]], "GET /pointclouds: page 1: expected a mapping, got a list"),
+    ([{"result": None}], "GET /pointclouds: page 1: expected result to be a mapping, got null"),
+    ([{"result": {"data": {"id": "1"}}}], "GET /pointclouds: page 1: expected result.data to be a list, got a mapping"),
+    ([{"result": {"data": "none"}}], "GET /pointclouds: page 1: expected result.data to be a list, got a string"),
+    ([{"result": {"data": [pc(1), "2"]}}], "GET /pointclouds: page 1: item 2 is not a mapping (a string)"),
+    ([{"result": {"data": [{"type": "pointcloud", "attributes": {"name": "x"}}]}}],
+     "GET /pointclouds: page 1: item 1 has no id"),
+    ([{"result": {"data": [{"id": [1], "type": "pointcloud"}]}}], "GET /pointclouds: page 1: item 1 has no id"),
+    ([{"result": {"data": [{"id": 1, "attributes": ["x"]}]}}],
+     "GET /pointclouds: page 1: item 1's attributes are not a mapping (a list)"),
+    ([{"result": {"data": [pc(1)], "pagination": "next"}}],
+     "GET /pointclouds: page 1: expected result.pagination to be a mapping or null, got a string"),
+], ids=["repeated-page", "next-is-itself", "no-new-id", "next-page-abc", "total-pages-text", "next-page-bool",
+        "result-list", "result-string", "reply-list", "result-null", "data-mapping", "data-string", "item-string",
+        "item-without-id", "id-a-list", "attributes-list", "pagination-string"])
+def test_a_listing_that_does_not_end_or_has_the_wrong_shape_is_one_line(client, replies, message):
+    responses.start()
+    try:
+        answers(*replies)
+        with pytest.raises(CupixError) as error:
+            client.pointclouds(capture_id="1")
+        assert str(error.value) == message
+        assert len(responses.calls) <= 2
+    finally:
+        responses.stop()
+        responses.reset()
+
+
+@responses.activate
+def test_next_page_as_digits_is_followed_and_a_repeated_item_on_the_last_page_is_fine(client):
+    answers({"result": {"data": [pc(1), pc(2)], "pagination": pagination("1", "2", "2")}},
+            {"result": {"data": [pc(2)], "pagination": pagination(2, None, 2)}})
+    assert [e["id"] for e in client.pointclouds(capture_id="1")] == ["1", "2", "2"]
+
+
+@pytest.mark.parametrize("reply, message", [
+    ({"result": {"data": [pc(7)]}}, "GET /pointclouds/7: expected result.data to be one item (a mapping), got a list"),
+    ({"result": "x"}, "GET /pointclouds/7: expected result to be a mapping, got a string"),
+    ([1], "GET /pointclouds/7: expected a mapping, got a list"),
+    ({"result": {"data": {"type": "pointcloud"}}}, "GET /pointclouds/7: the item has no id"),
+])
+def test_one_item_of_the_wrong_shape_is_one_line(client, reply, message):
+    responses.start()
+    try:
+        responses.get(f"{BASE}/pointclouds/7", json=reply)
+        with pytest.raises(CupixError) as error:
+            client.pointcloud("7")
+        assert str(error.value) == message
+    finally:
+        responses.stop()
+        responses.reset()
+
+
+@responses.activate
+def test_a_sub_whose_meta_is_not_a_mapping_is_named(tmp_path):
+    odd = pc(5, parent=7)
+    odd["attributes"]["meta"] = "none"
+    responses.get(f"{BASE}/pointclouds", json=page([odd, pc(7, "group")], 1, 1))
+    source = CupixSource({**{o.name: o.default for o in CupixSource.options}, "base_url": BASE, "token": TOKEN,
+                          "capture_id": "1234", "download_dir": str(tmp_path)})
+    with pytest.raises(SourceError) as error:
+        source.items()
+    assert str(error.value) == "pointcloud 5 (group 7): the sub's meta.prop.tm is missing or not 16 finite numbers"
