@@ -3,6 +3,7 @@ resumed with Range where the storage allows it, checked against Content-Length a
 A manifest in the download folder records what is there, so an unchanged sub is not fetched again."""
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -47,9 +48,25 @@ def filename_from_disposition(value):
     return None
 
 
+def cache_key(sub_id):
+    """What stands for a sub in the cache's file names, one per id whatever the ids are: the id itself
+    when it is a plain word (letters, digits and `-`, at most 64), else those characters of it, `.` and
+    a hash of the whole id. A key never holds `_`, so `{key}_{name}` is unique per id too.
+
+    >>> cache_key("5311"), cache_key("77"), cache_key("77."), cache_key("77_")
+    ('5311', '77', '77.4159099263f1', '77.acb5bdebec95')
+    """
+    text = str(sub_id)
+    if re.fullmatch(r"[0-9A-Za-z-]{1,64}", text):
+        return text
+    plain = re.sub(r"[^0-9A-Za-z-]+", "-", text).strip("-")[:40] or "id"
+    return f"{plain}.{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
+
+
 def local_name(sub_id, disposition, url, original):
-    """`{id}_{name}` with the name from Content-Disposition, the URL path or the original file name,
-    reduced to one safe path component (no separators, no `..`, no control characters).
+    """`{key}_{name}` (the key is the id, see cache_key) with the name from Content-Disposition, the URL
+    path or the original file name, reduced to one safe path component (no separators, no `..`, no
+    control characters).
 
     >>> local_name("5311", 'attachment; filename="../../etc/passwd"', "https://s/x/y.laz?sig=1", None)
     '5311_etc_passwd'
@@ -57,8 +74,10 @@ def local_name(sub_id, disposition, url, original):
     '5311_scan 01.laz'
     """
     candidates = [filename_from_disposition(disposition), unquote(urlsplit(url).path.rsplit("/", 1)[-1]), original]
-    name = next((c for c in candidates if c and c.strip("/. ")), "pointcloud")
-    return f"{safe_name(sub_id)}_{safe_name(name)}"
+    name = next((c for c in candidates if isinstance(c, str) and c.strip("/. ")), "pointcloud")
+    # at most 180 bytes, so the key (64 at most) and the name fit the 255 bytes a file name may have
+    name = safe_name(name).encode("utf-8")[:180].decode("utf-8", errors="ignore").rstrip(" ._") or "pointcloud"
+    return f"{cache_key(sub_id)}_{name}"
 
 
 def url_path(url):
@@ -173,7 +192,7 @@ class Downloader:
                 self.progress.file_done()
                 return cached
         started = time.monotonic()
-        temp = self.cache.folder / f".{safe_name(sub_id)}.download.part"
+        temp = self.cache.folder / f".{cache_key(sub_id)}.download.part"
         try:
             name, url = self.stream_to(temp, sub, endpoint)
         except BaseException:
