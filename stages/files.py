@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pipeline.errors import SourceError
 from pipeline.model import Item
-from pipeline.options import Option, list_of, path, text
+from pipeline.options import Option, choice, list_of, path, text
 from pipeline.stage import Source
 
 SIGNATURES = ((b"LASF", "las"), (b"ply", "ply"), (b"ASTM-E57", "e57"), (b"PK\x03\x04", "zip"))
@@ -94,12 +94,13 @@ def expand(patterns):
     return found
 
 
-def quick_point_count(file_path, file_format):
-    """The point count from the header, when the format has one and reading it is cheap."""
+def quick_point_count(file_path, file_format, truncated="error"):
+    """The point count from the header, when the format has one and reading it is cheap (a truncated LAS
+    file is an error here already, unless `truncated` is `read`)."""
     from . import las, ply, text
 
     if file_format == "las":
-        return las.check_header(file_path).point_count
+        return las.check_header(file_path, truncated).point_count
     if file_format == "ply":
         return ply.parse_header(file_path).vertex.count
     if file_format == "pts":
@@ -107,24 +108,26 @@ def quick_point_count(file_path, file_format):
     return None
 
 
-def open_reader(file_path, file_format, chunk_size, columns):
+def open_reader(file_path, file_format, chunk_size, columns, truncated="error"):
     from . import e57, las, ply, text
 
     if file_format == "las":
-        return las.read_las(file_path, chunk_size)
+        return las.read_las(file_path, chunk_size, truncated)
     if file_format == "ply":
-        return ply.read_ply(file_path, chunk_size)
+        return ply.read_ply(file_path, chunk_size, truncated)
     if file_format == "e57":
         return e57.read_e57(file_path, chunk_size)
     return text.read_text(file_path, chunk_size, columns)
 
 
 @contextmanager
-def read_file(file_path, chunk_size, columns=None):
-    """Opens any supported file as a point stream; a zip is unpacked to a temporary folder first."""
+def read_file(file_path, chunk_size, columns=None, truncated="error"):
+    """Opens any supported file as a point stream; a zip is unpacked to a temporary folder first.
+    `truncated` says what a LAS, LAZ or PLY file holding fewer points than its header claims is: an
+    error, or `read` as it is (with a warning)."""
     file_format = sniff(file_path)
     if file_format != "zip":
-        with open_reader(file_path, file_format, chunk_size, columns) as stream:
+        with open_reader(file_path, file_format, chunk_size, columns, truncated) as stream:
             yield stream
         return
     member, member_format = zip_member(file_path)
@@ -133,7 +136,7 @@ def read_file(file_path, chunk_size, columns=None):
         extracted = Path(folder) / Path(member).name
         with zipfile.ZipFile(file_path) as archive, archive.open(member) as source, open(extracted, "wb") as target:
             shutil.copyfileobj(source, target, 1 << 20)
-        with open_reader(extracted, member_format, chunk_size, columns) as stream:
+        with open_reader(extracted, member_format, chunk_size, columns, truncated) as stream:
             yield stream
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -149,6 +152,8 @@ class FilesSource(Source):
                default=None),
         Option("metadata", path(), "a Cupix pointcloud listing (JSON) describing these files, for "
                "transform.align; each file is matched to a sub by name, original file name or id", default=None),
+        Option("truncated", choice("error", "read"), "a LAS, LAZ or PLY file holding fewer points than its header "
+               "claims: error (stop the run), or read the points it holds, with a warning", default="error"),
     )
     template_fields = ("name", "id", "stem", "index")
 
@@ -174,7 +179,7 @@ class FilesSource(Source):
                 fields.update(sub=sub["id"], group=group["id"] if group else "", capture=capture or "")
                 metadata["cupix"] = {"sub": sub, "group": group, "capture_id": capture}
             items.append(Item(id=stem, name=stem, index=index, location=file_path,
-                              point_count=quick_point_count(file_path, file_format),
+                              point_count=quick_point_count(file_path, file_format, self.options["truncated"]),
                               fields=fields, metadata=metadata))
         return items
 
@@ -182,4 +187,4 @@ class FilesSource(Source):
         return [item.location for item in items]
 
     def read(self, item):
-        return read_file(item.location, self.options["chunk_size"], self.options["columns"])
+        return read_file(item.location, self.options["chunk_size"], self.options["columns"], self.options["truncated"])

@@ -5,6 +5,7 @@ import io
 import logging
 import math
 import os
+import re
 import struct
 import threading
 from concurrent.futures import Future
@@ -48,13 +49,59 @@ class HeaderCheck:
     point_count: int
     warnings: list = field(default_factory=list)
     patches: dict = field(default_factory=dict)  # file offset -> replacement bytes
+    bounds_usable: bool = True  # False when the header's bounds are not finite numbers
 
 
-def check_header(path) -> HeaderCheck:
+TRUNCATED = ("error", "read")  # what to do with a file holding fewer points than its header claims
+# the size of each point format's record, and of the header of each LAS 1.x version
+FORMAT_SIZES = (20, 28, 26, 34, 57, 63, 30, 36, 38, 59, 67)
+HEADER_SIZES = {0: 227, 1: 227, 2: 227, 3: 235, 4: 375}
+AXES_SCALES, AXES_OFFSETS, HEADER_BOUNDS = 131, 155, 179  # byte offsets of the scales, offsets and max/min
+LASZIP_VLR = (b"laszip encoded", 22204)  # user id and record id of the VLR that describes LAZ compression
+VARIABLE_CHUNKS = 0xFFFFFFFF
+# lazrs holds one whole LAZ chunk in memory (and allocates it from the laszip VLR's chunk size, before reading
+# a point): a chunk size that would need more than this is taken for a corrupt VLR, not allocated (LASzip
+# writes 50,000 points a chunk, about 2-3 MB)
+LAZ_CHUNK_BYTES = 256 << 20
+LAZ_MIN_CHUNK_BYTES = 8  # no compressed chunk is smaller (its first point alone is stored whole)
+
+
+def truncation(path, claimed, held, truncated, where=""):
+    """A file holding fewer points than its header claims: an error, or with `truncated: read` a warning."""
+    if truncated != "read":
+        raise SourceError(f"{path}: header claims {claimed} points but the file holds {held}{where} "
+                          "(`truncated: read` reads what is there)")
+    return f"header claims {claimed} points but the file holds {held}{where}; reading {held}"
+
+
+def check_numbers(path, head):
+    """The scales and offsets must make finite coordinates of every stored integer; the header bounds are
+    only a hint, and non-finite ones are left out (with a warning). Returns (warnings, bounds usable)."""
+    scales = struct.unpack_from("<3d", head, AXES_SCALES)
+    offsets = struct.unpack_from("<3d", head, AXES_OFFSETS)
+    for axis, scale, offset in zip(XYZ, scales, offsets):
+        if not math.isfinite(scale) or scale == 0:
+            raise SourceError(f"{path}: corrupt LAS header: {axis} scale factor is {scale:g}; it must be a finite "
+                              "number other than 0")
+        if not math.isfinite(offset):
+            raise SourceError(f"{path}: corrupt LAS header: {axis} offset is {offset:g}; it must be a finite number")
+        if not math.isfinite(abs(scale) * 2 ** 31 + abs(offset)):
+            raise SourceError(f"{path}: corrupt LAS header: {axis} scale factor {scale:g} and offset {offset:g} give "
+                              "coordinates that are not finite numbers")
+    bounds = struct.unpack_from("<6d", head, HEADER_BOUNDS)
+    if all(map(math.isfinite, bounds)):
+        return [], True
+    return ["header bounds are not all finite numbers; they are left out"], False
+
+
+def check_header(path, truncated="error") -> HeaderCheck:
     """Reads the fixed header and walks the VLR headers, bounded by the point-data offset.
 
     laspy trusts the VLR count; a file claiming a billion VLRs makes it hang, one claiming too many
-    makes it read point bytes as VLRs. Here the count is capped at what fits, with a warning.
+    makes it read point bytes as VLRs. Here the count is capped at what fits, with a warning. A file
+    holding fewer points than the header claims is an error, or with `truncated="read"` read as it is,
+    with a warning. Fields that laspy would fail on with a bare number, or that would give coordinates
+    that are not finite, are refused naming the field.
     """
     size = os.path.getsize(path)
     with open(path, "rb") as handle:
@@ -67,16 +114,32 @@ def check_header(path) -> HeaderCheck:
         format_byte, record_length, legacy_count = struct.unpack_from("<BHI", head, 104)
         if major != 1 or minor > 4:
             raise SourceError(f"{path}: unsupported LAS version {major}.{minor}")
-        if header_size < HEADER_MIN_SIZE or header_size > offset or offset > size:
+        if header_size < HEADER_SIZES[minor]:
+            raise SourceError(f"{path}: corrupt LAS header: header size {header_size} is too small for LAS "
+                              f"{major}.{minor} ({HEADER_SIZES[minor]} bytes)")
+        if header_size > offset or offset > size:
             raise SourceError(f"{path}: corrupt LAS header: header size {header_size}, point data at byte {offset}, "
                               f"file size {size}")
-        result = HeaderCheck(f"{major}.{minor}", format_byte & 0x3F, bool(format_byte & 0xC0), legacy_count)
-        position, fitting = header_size, 0
+        point_format = format_byte & 0x3F
+        if point_format >= len(FORMAT_SIZES):
+            raise SourceError(f"{path}: corrupt LAS header: unknown point format {point_format} (LAS has formats 0 "
+                              f"to {len(FORMAT_SIZES) - 1})")
+        if record_length < FORMAT_SIZES[point_format]:
+            raise SourceError(f"{path}: corrupt LAS header: point records of {record_length} bytes are too short for "
+                              f"point format {point_format} ({FORMAT_SIZES[point_format]} bytes)")
+        compressed = bool(format_byte & 0x80) and not format_byte & 0x40  # as laspy tells a LAZ file
+        result = HeaderCheck(f"{major}.{minor}", point_format, compressed, legacy_count)
+        number_warnings, result.bounds_usable = check_numbers(path, head)
+        result.warnings += number_warnings
+        position, fitting, laszip = header_size, 0, None
         while fitting < claimed_vlrs and position + VLR_HEADER_SIZE <= offset:
-            handle.seek(position + 20)
-            length, = struct.unpack("<H", handle.read(2))
+            handle.seek(position)
+            vlr = handle.read(VLR_HEADER_SIZE)
+            length, = struct.unpack_from("<H", vlr, 20)
             if position + VLR_HEADER_SIZE + length > offset:
                 break
+            if (vlr[2:18].rstrip(b"\0"), struct.unpack_from("<H", vlr, 18)[0]) == LASZIP_VLR:
+                laszip = handle.read(length)
             position += VLR_HEADER_SIZE + length
             fitting += 1
         if fitting < claimed_vlrs:
@@ -84,23 +147,80 @@ def check_header(path) -> HeaderCheck:
                                    f"at byte {offset}; reading {fitting}")
             result.patches[100] = struct.pack("<I", fitting)
         count_field = 107
-        if minor >= 4 and header_size >= 375:
+        if minor >= 4:
             count_field = 247
             result.point_count, = struct.unpack_from("<Q", head, 247)
             first_evlr, = struct.unpack_from("<Q", head, 235)
         else:
             first_evlr = 0
-        if not result.compressed and record_length:
+        if result.compressed:
+            check_laz(path, handle, size, offset, record_length, result.point_count, laszip)
+        else:
             end = first_evlr if offset <= first_evlr <= size else size
             available = (end - offset) // record_length
             if result.point_count > available:
-                result.warnings.append(f"header claims {result.point_count} points but the file holds {available}; "
-                                       f"reading {available}")
+                result.warnings.append(truncation(path, result.point_count, available, truncated))
                 result.patches[107] = struct.pack("<I", min(available, 2 ** 32 - 1))
                 if count_field == 247:
                     result.patches[247] = struct.pack("<Q", available)
                 result.point_count = available
         return result
+
+
+def check_laz(path, handle, size, offset, record_length, point_count, laszip):
+    """Checks what lazrs would allocate from before it does: the laszip VLR's chunk size and point layout,
+    and the chunk table (its place, its count, and the chunks it lists against the bytes there are).
+    lazrs trusts them, and a corrupt value makes it ask for tens of gigabytes, which aborts the process."""
+    where = f"{path}: corrupt LAZ file:"
+    if laszip is None or len(laszip) < 34:
+        raise SourceError(f"{where} no laszip VLR describes its compression")
+    chunk_size, = struct.unpack_from("<I", laszip, 12)
+    items, = struct.unpack_from("<H", laszip, 32)
+    if len(laszip) < 34 + 6 * items:
+        raise SourceError(f"{where} the laszip VLR lists {items} items but holds {(len(laszip) - 34) // 6}")
+    item_bytes = sum(struct.unpack_from("<H", laszip, 34 + 6 * i + 2)[0] for i in range(items))
+    if item_bytes != record_length:
+        raise SourceError(f"{where} the laszip VLR describes points of {item_bytes} bytes but the header says "
+                          f"{record_length}")
+    variable = chunk_size == VARIABLE_CHUNKS
+    if not variable and not 0 < chunk_size * record_length <= LAZ_CHUNK_BYTES:
+        raise SourceError(f"{where} the laszip VLR gives chunks of {chunk_size} points")
+    start = offset + 8  # the compressed points follow the chunk table's offset
+    if size < start:
+        if point_count:
+            raise SourceError(f"{path}: header claims {point_count} points but the file ends before its first one")
+        return
+    handle.seek(offset)
+    table, = struct.unpack("<q", handle.read(8))
+    if table <= offset:  # a writer that could not go back writes the offset at the end of the file (as lazrs reads)
+        handle.seek(size - 8)
+        table, = struct.unpack("<q", handle.read(8))
+        if table <= offset:
+            return  # no chunk table: lazrs says so
+    if table + 8 > size:
+        raise SourceError(f"{path}: header claims {point_count} points but the file is cut short: it ends at byte "
+                          f"{size}, before its chunk table at byte {table}")
+    handle.seek(table + 4)
+    chunks, = struct.unpack("<I", handle.read(4))
+    if chunks > (table - start) // LAZ_MIN_CHUNK_BYTES:
+        raise SourceError(f"{where} its chunk table lists {chunks} chunks in {table - start} bytes")
+    if not chunks:
+        return
+    lazrs = require("lazrs", "LAZ files")
+    handle.seek(offset)
+    try:
+        entries = lazrs.read_chunk_table(handle, lazrs.LazVlr(laszip))
+    except Exception as error:
+        raise SourceError(f"{where} cannot read its chunk table: {error}") from error
+    points = sum(count for count, _ in entries) if variable else None
+    used = sum(length for _, length in entries)
+    if used > table - start or min(length for _, length in entries) <= 0:
+        raise SourceError(f"{where} its chunk table lists chunks of {used} bytes in {table - start}")
+    if variable and (points != point_count or min(count for count, _ in entries) <= 0):
+        raise SourceError(f"{path}: header claims {point_count} points but the LAZ chunk table lists {points}")
+    if not variable and not (len(entries) - 1) * chunk_size < max(point_count, 1) <= len(entries) * chunk_size:
+        raise SourceError(f"{path}: header claims {point_count} points but the LAZ chunk table lists {len(entries)} "
+                          f"chunks of {chunk_size}")
 
 
 class PatchedFile(io.RawIOBase):
@@ -194,7 +314,7 @@ def all_points(parts, path, count):
     except SourceError:
         raise
     except Exception as error:
-        raise SourceError(f"{path}: cannot read points: {error}") from error
+        raise SourceError(f"{path}: cannot read points: {described(error)}") from error
     if remaining > 0:
         raise SourceError(f"{path}: file ends {remaining} points early")
 
@@ -214,11 +334,22 @@ class RawRecords:
         self.reader, self.header, self.chunk_size, self.path = reader, header, chunk_size, path
         self.compressed = compressed
         self.dtype = header.point_format.dtype()
+        self.opened = []  # the block generators handed out, closed with the file (see close)
 
     def blocks(self, held=1):
         reader = (self.decompressed() if self.compressed
                   else ahead(self.read_into_buffers(held), READ_AHEAD, name="las-read-ahead"))
+        self.opened.append(reader)
         return all_points(reader, self.path, self.header.point_count)
+
+    def close(self):
+        """Stops what `blocks` started (its read-ahead thread and open file) when the consumer stopped early,
+        e.g. on a sink's error, instead of leaving them to the garbage collector."""
+        for generator in self.opened:
+            try:
+                generator.close()
+            except ValueError:  # still running in the consumer's thread, which then stops it itself
+                pass
 
     def decompressed(self):
         for points in self.reader.chunk_iterator(self.chunk_size):
@@ -299,18 +430,20 @@ class RecordView:
 
 
 @contextmanager
-def read_las(path, chunk_size):
-    """Opens a LAS/LAZ file as a point stream of chunks of at most `chunk_size` points."""
+def read_las(path, chunk_size, truncated="error"):
+    """Opens a LAS/LAZ file as a point stream of chunks of at most `chunk_size` points; `truncated` says
+    what a file holding fewer points than its header claims is: an error, or `read` as it is."""
     laspy = laspy_module()
-    checked = check_header(path)
+    checked = check_header(path, truncated)
     for warning in checked.warnings:
         log.warning("%s: %s", path, warning)
     source = PatchedFile(path, checked.patches) if checked.patches else open(path, "rb")
+    chunks = raw = None
     try:
         try:
             reader = laspy.open(io.BufferedReader(source, 1 << 20) if checked.patches else source, closefd=False)
         except Exception as error:
-            raise SourceError(f"{path}: cannot read LAS header: {error}") from error
+            raise SourceError(f"{path}: cannot read LAS header: {described(error)}") from error
         with reader:
             header = reader.header
             if header.point_format.id in WAVEFORM_FORMATS:
@@ -318,7 +451,7 @@ def read_las(path, chunk_size):
                             path, header.point_format.id)
             dtype = chunk_dtype(header.point_format)
             bounds = None
-            if header.point_count:
+            if header.point_count and checked.bounds_usable:
                 from pipeline.model import Bounds
                 bounds = Bounds(tuple(map(float, header.mins)), tuple(map(float, header.maxs)))
             facts = {"las": {"header": header, "evlrs": list(reader.evlrs or []), "compressed": checked.compressed}}
@@ -327,9 +460,21 @@ def read_las(path, chunk_size):
 
             chunks = all_points((to_chunk(points, dtype) for points in reader.chunk_iterator(chunk_size)), path,
                                 header.point_count)
-            yield PointStream(info, chunks, raw=RawRecords(reader, header, chunk_size, path, checked.compressed))
+            raw = RawRecords(reader, header, chunk_size, path, checked.compressed)
+            yield PointStream(info, chunks, raw=raw)
     finally:
+        if chunks is not None:
+            chunks.close()
+        if raw is not None:
+            raw.close()
         source.close()
+
+
+def described(error):
+    """A library's error as words: its message, with its type when the message alone is a bare value (laspy
+    says `63` for an unknown key)."""
+    text = str(error).strip()
+    return text if re.search(r"[A-Za-z]{3}", text) else f"{type(error).__name__} {text}".strip()
 
 
 def fit_values(values, target, name, where):
@@ -376,6 +521,20 @@ def point_format_for(current, names):
     return current
 
 
+class RememberingFile(io.FileIO):
+    """A file that remembers the OS error of a failed write (a full disk), which lazrs, writing through
+    it, reports only as "Failed to call write"."""
+
+    error = None
+
+    def write(self, data):
+        try:
+            return super().write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+
 def compress_into(point_writer, points, done):
     """Compresses points into a LAZ writer, in a thread of its own; `done` (a Future) gets the outcome."""
     try:
@@ -396,6 +555,7 @@ class LasWriter(Writer):
         self.batch, self.batched = None, 0  # LAZ records waiting for a bigger write (see store)
         self.spare, self.compressing = None, None  # the other batch buffer; the batch lazrs is compressing
         self.offsets_fixed = self.header_offsets_known(info)
+        self.file = None
 
     def make_header(self, info):
         import numpy as np
@@ -481,11 +641,14 @@ class LasWriter(Writer):
     def open_writer(self):
         self.fix_offsets()
         backend = self.laspy.LazBackend.detect_available() if self.compress else None
+        self.file = io.BufferedWriter(RememberingFile(self.temp, "w"), 1 << 20)
         try:
-            self.writer = self.laspy.open(str(self.temp), mode="w", header=self.header, do_compress=self.compress,
-                                          laz_backend=backend)
+            self.writer = self.laspy.open(self.file, mode="w", header=self.header, do_compress=self.compress,
+                                          laz_backend=backend, closefd=True)
+        except OSError:
+            raise
         except Exception as error:
-            raise SinkError(f"{self.where}: cannot write {self.temp.name}: {error}") from error
+            raise SinkError(f"{self.where}: cannot write {self.sink.targets(self.item)[0]}: {error}") from error
 
     def quantised(self, coordinates):
         """The integers that store `coordinates` (model.Coordinates) with the header's scales and offsets,
@@ -568,14 +731,28 @@ class LasWriter(Writer):
         self.spare, self.batched = None, 0
 
     def finish_compressing(self):
-        """Waits for the batch being compressed; raises its error, if any."""
+        """Waits for the batch being compressed; raises its error, if any. A wait broken off (Ctrl-C) leaves
+        the batch `compressing`, so that abort() waits for it again: no thread may be left inside lazrs when
+        the process exits, which then aborts ("FATAL: exception not rethrown")."""
         if self.compressing is not None:
             done, batch = self.compressing
-            self.compressing, self.spare = None, batch
             try:
-                done.result()
-            except OSError as error:  # e.g. a full disk: name the file, not the thread it happened in
-                raise SinkError(f"{self.where}: cannot write {self.temp.name}: {error.strerror or error}") from error
+                with self.os_errors():
+                    done.result()
+            finally:
+                if done.done():
+                    self.compressing, self.spare = None, batch
+
+    @contextmanager
+    def os_errors(self):
+        """lazrs reports the OS error of a write it makes through `self.file` (a full disk) only as "Failed to
+        call write": raise the OS error itself, which the runner reports naming the file."""
+        try:
+            yield
+        except Exception:
+            if self.file is not None and self.file.raw.error is not None:
+                raise self.file.raw.error from None
+            raise
 
     def write(self, chunk):
         import numpy as np
@@ -612,9 +789,10 @@ class LasWriter(Writer):
             self.open_writer()
         self.flush()
         self.finish_compressing()
-        if self.evlrs:
-            self.writer.write_evlrs(self.laspy.vlrs.vlrlist.VLRList(self.evlrs))
-        self.writer.close()
+        with self.os_errors():
+            if self.evlrs:
+                self.writer.write_evlrs(self.laspy.vlrs.vlrlist.VLRList(self.evlrs))
+            self.writer.close()
 
     def abort(self):
         if self.writer is not None:

@@ -187,7 +187,7 @@ def _ascii_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size):
 
 
 @contextmanager
-def read_ply(path, chunk_size):
+def read_ply(path, chunk_size, truncated="error"):
     header = parse_header(path)
     if "z" not in [name for name, _ in header.vertex.properties]:
         log.warning("%s: PLY vertices have no z property; z is set to 0", path)
