@@ -83,7 +83,7 @@ class CupixStandIn:
 
     def __enter__(self):
         for server in (self.api, self.storage):
-            threading.Thread(target=server.serve_forever, daemon=True).start()
+            threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def __exit__(self, *exc):

@@ -87,7 +87,10 @@ def url_path(url):
 
 
 class Cache:
-    """The download folder and its manifest: {"data": [listing items], "files": {id: record}}."""
+    """The download folder and its manifest: {"data": [listing items], "files": {id: record}}.
+
+    The manifest is not trusted: a record is used only when its file is a plain name of a file of the
+    folder (no separator, not hidden, no symlink out of the folder) that has the recorded size and sha256."""
 
     def __init__(self, folder):
         self.folder = Path(folder)
@@ -104,40 +107,91 @@ class Cache:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def read(self):
+        """The manifest, its parts of the wrong type left out."""
         try:
             manifest = json.loads(self.path.read_text(encoding="utf-8"))
-            if isinstance(manifest, dict):
-                manifest.setdefault("data", [])
-                manifest.setdefault("files", {})
-                return manifest
         except (OSError, ValueError):
-            pass
-        return {"data": [], "files": {}}
+            manifest = None
+        manifest = manifest if isinstance(manifest, dict) else {}
+        data, files = manifest.get("data"), manifest.get("files")
+        manifest["data"] = [e for e in data if has_id(e)] if isinstance(data, list) else []
+        manifest["files"] = {str(k): v for k, v in files.items() if isinstance(v, dict)} if isinstance(files, dict) \
+            else {}
+        return manifest
 
     def write(self, manifest):
+        """Replaces the manifest at once (the caller holds the lock, so a leftover temporary file is stale)."""
+        for stale in self.folder.glob(f".{MANIFEST}.*.part"):
+            stale.unlink(missing_ok=True)
         temp = self.path.with_name(f".{MANIFEST}.{os.getpid()}.part")
         temp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(temp, self.path)
 
+    def member(self, name):
+        """The path of a file of the folder that a manifest names, or None when the name could lead
+        elsewhere: not a plain file name, hidden (the folder's own files), or out through a symlink."""
+        if not isinstance(name, str) or name in ("", MANIFEST) or name.startswith(".") \
+                or any(c in name for c in "/\\\0"):
+            return None
+        path = self.folder / name
+        try:
+            inside = path.resolve().is_relative_to(self.folder.resolve())
+        except (OSError, RuntimeError):  # a symlink loop
+            return None
+        return path if inside else None
+
     def cached(self, sub_id, updated_at):
-        """The cached file for a sub, if it was downloaded for the same `updated_at` and has its size."""
+        """The cached file for a sub, if it was downloaded for the same `updated_at` and still has its
+        size and sha256; a record that cannot be trusted is ignored with a warning."""
         record = self.read()["files"].get(str(sub_id))
         if not record or record.get("updated_at") != updated_at:
             return None
-        path = self.folder / record["file"]
-        return path if path.is_file() and path.stat().st_size == record.get("size") else None
+        path = self.member(record.get("file"))
+        problem = None
+        if path is None:
+            problem = f"names {shown(record.get('file'))}, which is not a file of download_dir"
+        elif not path.is_file():
+            problem = f"names {path.name}, which is not there"
+        elif not isinstance(record.get("size"), int) or not isinstance(record.get("sha256"), str):
+            problem = "has no size and sha256 for it"
+        else:
+            size, digest = file_digest(path)
+            if size != record["size"]:
+                problem = f"says {path.name} has {record['size']} bytes, it has {size}"
+            elif digest != record["sha256"]:
+                problem = f"gives another sha256 for {path.name} than its content has"
+        if problem:
+            log.warning("pointcloud %s: the cache manifest %s: ignored, downloading it again", sub_id, problem)
+            return None
+        return path
 
     def record(self, sub_id, entries, file_record):
         with self.locked() as manifest:
             old = manifest["files"].get(str(sub_id))
             if old and old.get("file") != file_record["file"]:
-                with contextlib.suppress(OSError):
-                    (self.folder / old["file"]).unlink()
+                stale = self.member(old.get("file"))
+                in_use = {r.get("file") for k, r in manifest["files"].items() if k != str(sub_id)}
+                if stale is not None and stale.name not in in_use:
+                    with contextlib.suppress(OSError):
+                        stale.unlink()
             manifest["files"][str(sub_id)] = file_record
             known = {entry_id(e): e for e in manifest["data"]}
             known.update({entry_id(e): e for e in entries})
             manifest["data"] = [known[k] for k in sorted(known, key=lambda k: (len(k), k))]
             self.write(manifest)
+
+
+def has_id(entry):
+    try:
+        entry_id(entry)
+        return True
+    except (ValueError, AttributeError, TypeError):
+        return False
+
+
+def shown(value):
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class DownloadProgress:

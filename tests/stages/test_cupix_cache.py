@@ -40,3 +40,90 @@ def test_ids_that_sanitise_alike_keep_their_own_files(tmp_path):
     manifest = json.loads((tmp_path / "manifest.json").read_text())
     assert {i: manifest["files"][i]["file"] for i in files} == {i: p.name for i, p in paths.items()}
     assert [name for name in os.listdir(tmp_path) if name.endswith(".part")] == []
+
+
+def cached_once(stand_in, folder):
+    """Downloads sub 5 once, so the manifest holds its record; returns (record, file path)."""
+    path = fetch(stand_in, folder, "5")
+    return json.loads((folder / "manifest.json").read_text())["files"]["5"], path
+
+
+def rewrite(folder, **changes):
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["5"].update(changes)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.fixture
+def five():
+    files = {"5": ("scan.las", b"LASF five" * 1000)}
+    with CupixStandIn([sub("5")], files, token=TOKEN) as stand_in:
+        yield stand_in, files["5"][1]
+
+
+def test_an_unchanged_sub_is_read_from_the_cache(tmp_path, five):
+    stand_in, data = five
+    cache = tmp_path / "cache"
+    _, path = cached_once(stand_in, cache)
+    assert fetch(stand_in, cache, "5") == path and len(stand_in.storage_requests()) == 1
+
+
+def test_a_manifest_naming_a_file_outside_the_cache_never_deletes_it(tmp_path, five, caplog):
+    stand_in, data = five
+    cache = tmp_path / "cache"
+    record, path = cached_once(stand_in, cache)
+    victim = tmp_path / "victim.txt"
+    victim.write_bytes(b"precious")
+    rewrite(cache, file="../victim.txt", size=len(b"precious"))
+    with caplog.at_level(logging.WARNING, logger="stages.cupix.download"):
+        got = fetch(stand_in, cache, "5")
+    assert victim.read_bytes() == b"precious"
+    assert got == path and got.read_bytes() == data and len(stand_in.storage_requests()) == 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "pointcloud 5: the cache manifest names '../victim.txt', which is not a file of download_dir: ignored, "
+        "downloading it again"]
+    assert json.loads((cache / "manifest.json").read_text())["files"]["5"]["file"] == path.name
+
+
+@pytest.mark.parametrize("change", ["absolute", "symlink-out", "sha256", "size", "not-a-string", "hidden", "manifest"])
+def test_a_manifest_entry_that_does_not_hold_the_sub_is_fetched_again(tmp_path, five, caplog, change):
+    stand_in, data = five
+    cache = tmp_path / "cache"
+    record, path = cached_once(stand_in, cache)
+    other = tmp_path / "other sub.las"  # another sub's data, of the same size
+    other.write_bytes(b"X" * len(data))
+    if change == "absolute":
+        rewrite(cache, file=str(other))
+    elif change == "symlink-out":
+        path.unlink()
+        path.symlink_to(other)
+        rewrite(cache, sha256=__import__("hashlib").sha256(other.read_bytes()).hexdigest())
+    elif change == "sha256":
+        path.write_bytes(b"Y" * len(data))  # same size, other bytes
+    elif change == "size":
+        path.write_bytes(data[:-1])
+    elif change == "not-a-string":
+        rewrite(cache, file=["5_scan.las"])
+    elif change == "hidden":
+        (cache / ".5_scan.las").write_bytes(data)
+        rewrite(cache, file=".5_scan.las")
+    elif change == "manifest":
+        rewrite(cache, file="manifest.json")
+    with caplog.at_level(logging.WARNING, logger="stages.cupix.download"):
+        got = fetch(stand_in, cache, "5")
+    assert got.read_bytes() == data and got.parent == cache and not got.is_symlink()
+    assert len(stand_in.storage_requests()) == 2
+    assert other.read_bytes() == b"X" * len(data)
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith("pointcloud 5: ")
+    assert json.loads((cache / "manifest.json").read_text())["files"]["5"]["file"] == path.name
+
+
+@pytest.mark.parametrize("manifest", ['{"files": [1, 2], "data": "x"}', '{"files": {"5": "x"}, "data": [1]}',
+                                      '[1]', '{"files": {"5": {"file": "5_scan.las", "size": "9000"}}}'])
+def test_a_manifest_of_the_wrong_shape_is_not_trusted(tmp_path, five, manifest):
+    stand_in, data = five
+    tmp_path.joinpath("5_scan.las").write_bytes(data)
+    tmp_path.joinpath("manifest.json").write_text(manifest)
+    assert fetch(stand_in, tmp_path, "5").read_bytes() == data
+    assert len(stand_in.storage_requests()) == 1
+    assert json.loads((tmp_path / "manifest.json").read_text())["files"]["5"]["file"] == "5_scan.las"
