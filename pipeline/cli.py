@@ -10,7 +10,9 @@ import traceback
 from . import __version__
 from .errors import ConfigError, PipelineError, UsageError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_BUG = 0, 1, 2, 3
+# a signal that stops a run: the exit code a shell gives for it (128 + the number), and what is said
+STOPPING = {signal.SIGINT: (130, "interrupted"), signal.SIGTERM: (143, "terminated")}
 COMMAND_GROUP = "cupix_pipeline.commands"
 
 
@@ -63,33 +65,60 @@ def run_plugin(args):
     return command([a for a in args.arguments if a != "--debug"])
 
 
+class StopSignals:
+    """SIGINT and SIGTERM stop a command: the first one raises KeyboardInterrupt in the main thread. Later
+    ones are ignored, so that they cannot break off the cleanup of the first, and so is any that comes once
+    `hold()` was called: the outputs are then being put in place, and the run has succeeded."""
+
+    def __init__(self):
+        self.received = None
+        self.held = False
+
+    def on_signal(self, signum, frame):
+        if self.received is None and not self.held:
+            self.received = signum
+            raise KeyboardInterrupt
+
+    def hold(self):
+        self.held = True
+
+    def install(self):
+        """Takes over the signals; returns the handlers they had."""
+        return {signum: signal.signal(signum, self.on_signal) for signum in STOPPING}
+
+
 def main(argv=None) -> int:
+    """Runs one command; the exit code. Called without `argv`, this process is the `pipeline` program:
+    SIGINT and SIGTERM are then ignored from the end of the command until it exits, as a late Ctrl-C must
+    not change what it did; called with `argv` (in-process), the handlers are given back."""
+    stopping = StopSignals()
+    previous = stopping.install()
+    program, args = argv is None, None
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if argv and argv[0] in plugin_commands():  # a plugin parses its own arguments, --help included
             args = argparse.Namespace(command=argv[0], arguments=argv[1:], debug="--debug" in argv)
         else:
             args = build_parser().parse_args(argv)
-    except SystemExit as exit:
-        return int(exit.code or 0)
-    configure_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
-    interrupted = []
-
-    def on_interrupt(signum, frame):
-        interrupted.append(signum)
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
+        configure_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+        args.on_commit = stopping.hold
         return COMMANDS.get(args.command, run_plugin)(args)
+    except SystemExit as exit:  # from argparse: --help, --version, a usage error
+        return int(exit.code or 0)
     except BaseException as error:
+        stopping.hold()
         # Ctrl-C may surface as another exception, e.g. raised inside a compressor's write callback
-        if interrupted or isinstance(error, KeyboardInterrupt):
-            print("interrupted: no output was kept", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        return report_error(error, args.debug)
+        if stopping.received or isinstance(error, KeyboardInterrupt):
+            code, what = STOPPING[stopping.received or signal.SIGINT]
+            print(f"{what}: no output was kept", file=sys.stderr)
+            return code
+        return report_error(error, getattr(args, "debug", False))
     finally:
-        signal.signal(signal.SIGINT, previous)
+        stopping.hold()
+        for signum, handler in previous.items():
+            # the program ignores them from here: Python's exit would reset them to the default, which
+            # kills a process that is only tidying up (exit -2 instead of its code)
+            signal.signal(signum, signal.SIG_IGN if program else handler)
 
 
 def report_error(error, debug):
@@ -108,10 +137,11 @@ def report_error(error, debug):
     first_line = (str(error).strip().splitlines() or [""])[0]  # a library's message may run over lines
     if isinstance(error, PipelineError):
         print(f"error: {first_line}", file=sys.stderr)
-    else:  # a bug: still one line unless --debug
-        print(f"error: internal error: {type(error).__name__}: {first_line} (run with --debug for the traceback)",
-              file=sys.stderr)
-    return EXIT_ERROR
+        return EXIT_ERROR
+    # a bug: still one line unless --debug
+    print(f"error: internal error (a bug): {type(error).__name__}: {first_line}"
+          f"{'' if debug else '; rerun with --debug for the traceback'}", file=sys.stderr)
+    return EXIT_BUG
 
 
 def configure_logging(quiet, verbose):
@@ -149,17 +179,24 @@ def command_run(args):
     progress = Progress() if args.quiet or args.dry_run else ConsoleProgress(sys.stderr, sys.stderr.isatty())
     runner = Runner(config, registry, jobs=jobs, progress=progress, checksums=bool(args.report))
     started_at, started = report.now(), time.perf_counter()
-    plan = runner.plan()
+    plan = runner.plan(report=args.report if args.report not in (None, "-") else None)
     if args.dry_run:
         print_plan(plan)
         return EXIT_OK
-    results = runner.run(plan)
-    run_report = report.build(config, results, started_at, time.perf_counter() - started, jobs,
-                              runner.merged_outputs)
-    if args.report:
-        report.write_to(sys.stdout if args.report == "-" else args.report, report.dumps(run_report))
+    built = []
+
+    def run_report(results):  # the runner asks for it before committing, when it goes to a file
+        built.append(report.build(config, results, started_at, time.perf_counter() - started, jobs,
+                                  runner.merged_outputs))
+        return report.dumps(built[0])
+
+    results = runner.run(plan, report=run_report, on_commit=args.on_commit)
+    if not built:
+        run_report(results)
+    if args.report == "-":
+        sys.stdout.write(report.dumps(built[0]))
     if not args.quiet:
-        print(report.summary(run_report), file=sys.stderr)
+        print(report.summary(built[0]), file=sys.stderr)
     return EXIT_OK
 
 
@@ -172,6 +209,8 @@ def print_plan(plan):
             print(f"    -> {path}  ({sink_label})")
     for sink_label, path in plan.merged:
         print(f"all items -> {path}  ({sink_label}, merged)")
+    if plan.report is not None:
+        print(f"run report -> {plan.report}")
 
 
 def command_validate(args):

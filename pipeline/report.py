@@ -75,18 +75,3 @@ def summary(report):
             f"{totals['outputs']} file(s) written ({totals['bytes_written'] / 1e6:.1f} MB) "
             f"in {seconds:.1f} s ({rate:.2f} Mpts/s)")
 
-
-def write_to(stream_or_path, text):
-    if hasattr(stream_or_path, "write"):
-        stream_or_path.write(text)
-        return
-    from pathlib import Path
-
-    from .staging import Staging
-
-    staging = Staging()
-    final = Path(stream_or_path)
-    temp = staging.create(final)
-    temp.write_text(text)
-    staging.commit([final])
-

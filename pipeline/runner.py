@@ -3,6 +3,8 @@
 Items run one after the other, or in `jobs` worker processes. All outputs are staged and renamed
 into place only when every item has succeeded (see staging.py).
 """
+import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -14,11 +16,12 @@ from pathlib import Path
 from typing import Optional
 
 from .background import ahead
-from .errors import PipelineError
+from .errors import PipelineError, SinkError
 from .memory import keep_freed_memory
 from .model import Bounds, Item, copy_records, union_bounds
 from .progress import Progress
-from .staging import Staging, file_digest
+from .stage import Writer
+from .staging import Staging, file_digest, sweep
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +48,11 @@ class Plan:
     items: list
     targets: dict  # item index -> [(sink label, final path), ...]
     merged: list = field(default_factory=list)  # [(sink label, final path), ...]
+    report: Optional[Path] = None  # the run report's file (--report), committed with the outputs
 
     def all_targets(self):
-        return [Path(path) for pairs in [*self.targets.values(), self.merged] for _, path in pairs]
+        outputs = [Path(path) for pairs in [*self.targets.values(), self.merged] for _, path in pairs]
+        return outputs + ([self.report] if self.report else [])
 
 
 @dataclass
@@ -67,26 +72,43 @@ def is_merging(sink):
     return bool(sink.options.get("merge"))
 
 
-def make_plan(stages: Stages) -> Plan:
-    """Lists the source's items and checks that no two outputs collide and no input is overwritten."""
+def file_identity(path):
+    """What tells one file from another whatever its name (device and inode: a hard link is the same
+    file), or None when there is no such file."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+def make_plan(stages: Stages, inputs=(), report=None) -> Plan:
+    """Lists the source's items and checks that no two outputs collide and no input is overwritten
+    (the source's files and `inputs`, e.g. the config; by path and by identity, so a hard link of an
+    input is refused too). `report` is the run report's path, claimed like an output."""
     items = stages.source.items()
     targets, owners = {}, {}
-    inputs = {Path(p).resolve() for p in stages.source.inputs(items)}
+    inputs = [*stages.source.inputs(items), *inputs]
+    input_paths = {Path(p).resolve() for p in inputs}
+    input_files = {identity for identity in map(file_identity, inputs) if identity}
 
-    def claim(sink, path, item):
+    def claim(sink_label, path, item):
         resolved = Path(path).resolve()
         if resolved.is_dir():
-            raise PipelineError(f"{sink.label}: output {path} is a folder; choose a file name")
-        if resolved in inputs:
-            raise PipelineError(f"{sink.label}: output {path} is an input file of this run; choose another path")
+            raise PipelineError(f"{sink_label}: output {path} is a folder; choose a file name")
+        if resolved in input_paths or file_identity(resolved) in input_files:
+            raise PipelineError(f"{sink_label}: output {path} is an input file of this run; choose another path")
         if resolved in owners:
             other_sink, other_item = owners[resolved]
-            also = f" (also written by {other_sink})" if other_sink != sink.label else ""
-            raise PipelineError(f"{sink.label}: items {other_item.name!r} and {item.name!r} would both write "
+            if item is None:
+                raise PipelineError(f"--report {report}: {other_sink if item is None else sink_label} writes "
+                                    "that file; choose another path for the report")
+            also = f" (also written by {other_sink})" if other_sink != sink_label else ""
+            raise PipelineError(f"{sink_label}: items {other_item.name!r} and {item.name!r} would both write "
                                 f"{path}{also}; add a field that differs between them, such as {{index}}, "
                                 "to the path template")
-        owners[resolved] = (sink.label, item)
-        return (sink.label, str(path))
+        owners[resolved] = (sink_label, item)
+        return (sink_label, str(path))
 
     merged = []
     for sink in filter(is_merging, stages.sinks):
@@ -95,11 +117,13 @@ def make_plan(stages: Stages) -> Plan:
             raise PipelineError(f"{sink.label}: merge: true needs one file for all items, but the path template gives "
                                 f"{len(paths)} ({', '.join(sorted(paths)[:3])}, ...); use fields every item shares")
         if items:
-            merged.append(claim(sink, paths.pop(), items[0]))
+            merged.append(claim(sink.label, paths.pop(), items[0]))
     for item in items:
-        targets[item.index] = [claim(sink, path, item) for sink in stages.sinks if not is_merging(sink)
+        targets[item.index] = [claim(sink.label, path, item) for sink in stages.sinks if not is_merging(sink)
                                for path in sink.targets(item)]
-    return Plan(items, targets, merged)
+    if report is not None:
+        claim(f"--report {report}", report, None)
+    return Plan(items, targets, merged, Path(report) if report is not None else None)
 
 
 def final_info(stages: Stages, item: Item):
@@ -197,6 +221,55 @@ def transformed(stages: Stages, item: Item, info, chunks):
     return info, chunks
 
 
+@contextlib.contextmanager
+def sink_errors(sink, item):
+    """A sink's OS errors (a full disk, a read-only folder, a file where a folder should be) as one line
+    naming the sink, the item and the final file, never the staging name."""
+    try:
+        yield
+    except PipelineError:
+        raise
+    except OSError as error:
+        finals = ", ".join(map(str, sink.targets(item)))
+        raise SinkError(f"{sink.label}: {item.name}: cannot write {finals}: {error.strerror or error}") from error
+
+
+class GuardedWriter(Writer):
+    """A sink's writer, with its OS errors reported by sink_errors."""
+
+    def __init__(self, writer, sink, item):
+        self.writer, self.sink, self.item = writer, sink, item
+
+    def write(self, chunk):
+        with sink_errors(self.sink, self.item):
+            self.writer.write(chunk)
+
+    def prepare_raw(self, block, xyz):
+        with sink_errors(self.sink, self.item):
+            return self.writer.prepare_raw(block, xyz)
+
+    def write_raw(self, prepared):
+        with sink_errors(self.sink, self.item):
+            self.writer.write_raw(prepared)
+
+    def close(self):
+        with sink_errors(self.sink, self.item):
+            self.writer.close()
+
+    def abort(self):
+        self.writer.abort()
+
+    def checksums(self):
+        return self.writer.checksums()
+
+
+def open_writer(sink, item, opening):
+    """`opening()` (a sink's open or open_raw), with its writer guarded; None stays None."""
+    with sink_errors(sink, item):
+        writer = opening()
+    return None if writer is None else GuardedWriter(writer, sink, item)
+
+
 def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda n: None, shared=(),
                  fast=True) -> ItemResult:
     """Streams one item through every transform into every sink; the staged files are left for the caller.
@@ -216,7 +289,7 @@ def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda 
             chunks = _counted(chunks, result, "out")
             for sink in stages.sinks:
                 if not is_merging(sink):
-                    writers.append(sink.open(item, info, staging))
+                    writers.append(open_writer(sink, item, lambda: sink.open(item, info, staging)))
             for chunk in chunks:
                 for writer in writers:
                     writer.write(chunk)
@@ -253,15 +326,16 @@ def _process_raw(stages, item, stream, staging, result, on_points):
         work = [writer.prepare_raw(mine, moved) for writer, mine in zip(writers, own)]
         return len(block), Bounds.of(xyz), Bounds.of(moved), work
 
+    blocks = None
     try:
         for sink in stages.sinks:
-            writer = sink.open_raw(item, info, raw, staging)
+            writer = open_writer(sink, item, lambda: sink.open_raw(item, info, raw, staging))
             if writer is None:
                 return False
             writers.append(writer)
         # held at once: the block being written, COMPUTE_AHEAD prepared, and the one being prepared
-        blocks = map(prepared, raw.blocks(held=COMPUTE_AHEAD + 2))
-        for count, bounds_in, bounds_out, work in ahead(blocks, COMPUTE_AHEAD, name="prepare-blocks"):
+        blocks = ahead(map(prepared, raw.blocks(held=COMPUTE_AHEAD + 2)), COMPUTE_AHEAD, name="prepare-blocks")
+        for count, bounds_in, bounds_out, work in blocks:
             result.points_in += count
             result.points_out += count
             result.bounds_in = union_bounds(result.bounds_in, bounds_in)
@@ -274,6 +348,8 @@ def _process_raw(stages, item, stream, staging, result, on_points):
         result.applied = info.applied
         return True
     finally:
+        if blocks is not None:
+            blocks.close()  # stops the compute thread before the writers it feeds are aborted
         for writer in writers:
             writer.abort()
 
@@ -313,16 +389,34 @@ class Runner:
         self.stages = Stages.build(config, registry)
         self.merged_outputs = []
 
-    def plan(self) -> Plan:
-        plan = make_plan(self.stages)
+    def plan(self, report=None) -> Plan:
+        """The run's items and outputs; `report` is the path of the run report, if it goes to a file."""
+        plan = make_plan(self.stages, self.config_inputs(), report)
         for transform in self.stages.transforms:
             transform.prepare(plan.items)
         return plan
 
-    def run(self, plan: Plan) -> list:
-        """Processes every item; on success renames all outputs into place, on any failure removes them."""
+    def config_inputs(self):
+        """The files the config reads besides the source's: the config itself and every file an option names."""
+        files = [self.config.path]
+        for spec in self.config.stages:
+            for option in self.registry.get(spec.type).options:
+                value = spec.options.get(option.name)
+                if option.kind.is_path and not option.kind.is_template:
+                    files += [v for v in (value if isinstance(value, list) else [value])
+                              if isinstance(v, str) and os.path.isfile(v)]
+        return files
+
+    def run(self, plan: Plan, report=None, on_commit=lambda: None) -> list:
+        """Processes every item; on success renames all outputs into place, on any failure removes them.
+
+        `report(results)` gives the text of the run report when the plan has a report file: it is staged
+        and committed with the outputs, so a report that cannot be written leaves no output either.
+        `on_commit()` is called when the outputs are about to be renamed into place (the CLI then stops
+        taking Ctrl-C for an interruption)."""
         keep_freed_memory()
         staging = Staging(checksums=self.checksums)
+        sweep({Path(path).parent for path in plan.all_targets()})
         total_points = sum(i.point_count for i in plan.items) if all(i.point_count is not None for i in plan.items) else None
         self.progress.start(len(plan.items), total_points)
         try:
@@ -334,6 +428,10 @@ class Runner:
                 results = self._run_here(plan, staging)
             else:
                 results = self._run_in_workers(plan, staging)
+            results.sort(key=lambda r: r.item.index)
+            if plan.report is not None:
+                write_report(plan.report, report(results), staging)
+            on_commit()
             staging.commit(plan.all_targets())
         except BaseException:
             staging.discard(plan.all_targets())
@@ -341,7 +439,7 @@ class Runner:
         finally:
             self.stages.source.close()
             self.progress.finish()
-        return sorted(results, key=lambda r: r.item.index)
+        return results
 
     def _run_here(self, plan, staging, shared=()):
         """Items one after another; each item's outputs are read back for their checksums in a thread
@@ -367,7 +465,7 @@ class Runner:
         shared, checksums = [], {}
         try:
             for sink in filter(is_merging, self.stages.sinks):
-                shared.append((sink.open(item, info, staging), info.dtype))
+                shared.append((open_writer(sink, item, lambda: sink.open(item, info, staging)), info.dtype))
             results = self._run_here(plan, staging, shared)
             _close([writer for writer, _ in shared], checksums)
             shared = []
@@ -394,7 +492,7 @@ class Runner:
         queue = context.SimpleQueue()
         results = []
         pool = context.Pool(min(self.jobs, len(plan.items)), initializer=_worker_init,
-                            initargs=(self.stages, staging, plan, queue, self.fast_path))
+                            initargs=(self.stages, staging, plan, queue, self.fast_path, os.getpid()))
         try:
             pending = pool.imap_unordered(_worker_run, plan.items)
             while len(results) < len(plan.items):
@@ -412,11 +510,32 @@ class Runner:
         return results
 
 
+def write_report(path, text, staging):
+    try:
+        staging.create(path).write_text(text, encoding="utf-8")
+    except OSError as error:
+        raise PipelineError(f"--report {path}: cannot write the report: {error.strerror or error}") from error
+
+
 _worker = {}
+PR_SET_PDEATHSIG = 1  # from linux/prctl.h
 
 
-def _worker_init(stages, staging, plan, queue, fast_path):
+def die_with_parent(parent):
+    """Has the kernel kill this worker when the process that started it dies (even by SIGKILL), so that
+    no worker goes on writing for a run that is gone. Linux only; elsewhere workers end with their task."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
+
+
+def _worker_init(stages, staging, plan, queue, fast_path, parent):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the main process ends its workers with SIGTERM
+    die_with_parent(parent)
     _worker.update(stages=stages, staging=staging, plan=plan, queue=queue, fast_path=fast_path)
 
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.background import ahead
+from pipeline.background import ahead, signals_deferred
 from pipeline.errors import OptionError, SinkError, SourceError
 from pipeline.imports import require
 from pipeline.model import XYZ, Coordinates, PointStream, StreamInfo, copy_records
@@ -725,8 +725,9 @@ class LasWriter(Writer):
         done = Future()
         thread = threading.Thread(target=compress_into, args=(self.writer.point_writer, points, done),
                                   name="laz-compress", daemon=True)
-        thread.start()
-        self.compressing = (done, self.batch)
+        with signals_deferred():  # once started, the thread must be known to abort(), which waits for it
+            thread.start()
+            self.compressing = (done, self.batch)
         self.batch = self.spare if self.spare is not None else np.empty_like(self.batch)
         self.spare, self.batched = None, 0
 
