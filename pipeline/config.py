@@ -178,7 +178,7 @@ class _Located:
         return value
 
     def _mapping(self, node, where):
-        written = [key for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]
+        written = {id(key) for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"}
         try:
             self._constructor.flatten_mapping(node)  # `<<: *anchor` merge keys, which written keys override
         except yaml.YAMLError as error:
@@ -191,7 +191,7 @@ class _Located:
                 self._problem(key_node, where, f"a key must be a plain name, got {shown(key)}")
                 continue
             line = key_node.start_mark.line + 1
-            if any(key_node is k for k in written):
+            if id(key_node) in written:
                 if key in written_on:
                     self._problem(key_node, where + (key,), f"duplicate key {key!r} (also on line {written_on[key]})")
                 written_on[key] = line

@@ -83,7 +83,7 @@ def test_valid_config_gives_typed_stage_specs(tmp_path, registry):
     assert config.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert config.stages == (
         StageSpec(0, "source.files", "input",
-                  {"paths": [str(base / "data" / "*.laz"), "/srv/scans/extra.ply"], "chunk_size": 1_000_000, "columns": None, "metadata": None},
+                  {"paths": [str(base / "data" / "*.laz"), "/srv/scans/extra.ply"], "chunk_size": 1_000_000, "columns": None, "metadata": None, "truncated": "error"},
                   line=3),
         StageSpec(1, "transform.matrix", "align",
                   {"matrix": [[1, 0, 0, 10], [0, 1, 0, 20], [0, 0, 1, 30], [0, 0, 0, 1]],
@@ -219,7 +219,7 @@ def test_misspelt_required_option_is_unknown_and_missing(tmp_path, registry):
 
     assert problems(path, registry) == [
         f"{path}:5: stages[0] (source.files, tag input) > pathz: unknown option; did you mean 'paths'? "
-        "(options: chunk_size, paths, columns, metadata)",
+        "(options: chunk_size, paths, columns, metadata, truncated)",
         f"{path}:3: stages[0] (source.files, tag input): missing required option 'paths' "
         "(files or glob patterns, e.g. data/*.laz)",
     ]
@@ -714,7 +714,7 @@ def test_environment_variables_and_defaults(tmp_path, registry):
 
     assert config.stages[0].options == {
         "paths": [str(base / "scans" / "*.laz"), str(base / "extra" / "x.ply"), str(base / "cost$5" / "scans.las")],
-        "chunk_size": 5000, "columns": None, "metadata": None,
+        "chunk_size": 5000, "columns": None, "metadata": None, "truncated": "error",
     }
     assert config.stages[1].options == {"path": str(base / "out" / "{name}.las"), **LAS_DEFAULTS}
 
@@ -725,7 +725,7 @@ def test_environment_variables_override_defaults(tmp_path, registry):
     config = load(path, registry, environ={"DATA": "/data", "CHUNK": "7", "EXTRA": "/more", "OUT": "/results"})
 
     assert config.stages[0].options == {"paths": ["/data/*.laz", "/more/x.ply", str(tmp_path.resolve() / "cost$5" / "data.las")],
-                                        "chunk_size": 7, "columns": None, "metadata": None}
+                                        "chunk_size": 7, "columns": None, "metadata": None, "truncated": "error"}
     assert config.stages[1].options == {"path": "/results/{name}.las", **LAS_DEFAULTS}
 
 
@@ -791,7 +791,7 @@ def test_overrides_are_read_as_yaml(tmp_path, registry):
     config = load(path, registry, overrides=["input.paths=[b.laz, 'c d.laz']", "input.chunk_size=42",
                                              "las.path=/abs/{id}.laz"])
 
-    assert config.stages[0].options == {"paths": [str(base / "b.laz"), str(base / "c d.laz")], "chunk_size": 42, "columns": None, "metadata": None}
+    assert config.stages[0].options == {"paths": [str(base / "b.laz"), str(base / "c d.laz")], "chunk_size": 42, "columns": None, "metadata": None, "truncated": "error"}
     assert config.stages[1].options == {"path": "/abs/{id}.laz", **LAS_DEFAULTS}
 
 
@@ -821,7 +821,7 @@ def test_bad_override_value_is_a_config_problem(tmp_path, registry):
         f"{path}:5: stages[0] (source.files, tag input) > paths (from --set): [0]: expected a path, got a string ''",
         f"{path}: stages[0] (source.files, tag input) > chunk_size (from --set): expected an integer, got a string 'abc'",
         f"{path}: stages[0] (source.files, tag input) > chunk_sz (from --set): unknown option; "
-        "did you mean 'chunk_size'? (options: chunk_size, paths, columns, metadata)",
+        "did you mean 'chunk_size'? (options: chunk_size, paths, columns, metadata, truncated)",
     ]
 
 
@@ -967,7 +967,7 @@ def test_demo_config(registry):
         ("source.files", "input"), ("transform.align", "align"),
         ("sink.las", "las"), ("sink.las", "laz"), ("sink.ply", "ply")]
     assert config.stages[0].options == {"paths": [str(data / "*.laz"), str(data / "*.ply")], "chunk_size": 1_000_000, "columns": None,
-                                        "metadata": str(data / "capture.json")}
+                                        "metadata": str(data / "capture.json"), "truncated": "error"}
     assert [spec.options["path"] for spec in config.sinks] == [
         str(REPO / "out" / "{name}.las"), str(REPO / "out" / "{name}.laz"), str(REPO / "out" / "{name}.ply")]
     assert isinstance(config.source, StageSpec)
