@@ -32,6 +32,8 @@ class Faults:
     disposition: dict = field(default_factory=dict)  # sub id -> raw Content-Disposition header
     storage_delay: float = 0.0  # seconds before each storage answer
     slow: dict = field(default_factory=dict)  # sub id -> seconds before that sub's storage answer
+    body_seconds: float = 0.0  # each storage body is sent in ten pieces spread over this time
+    stall: dict = field(default_factory=dict)  # sub id -> (bytes, seconds): send that many, then wait, once
     endless_pages: bool = False  # every listing page answers the first page's items and a next_page
 
 
@@ -225,6 +227,9 @@ class CupixStandIn:
         with self.lock:
             drop = self.faults.drop_after.pop(sub_id, None)
             short = self.faults.short_body.pop(sub_id, None)
+            stall = self.faults.stall.pop(sub_id, None)
+        if stall is not None:
+            return self.stalled(handler, status, headers, part, *stall, record)
         if drop is not None or short is not None:
             record.status = status
             handler.send_response(status)
@@ -240,7 +245,30 @@ class CupixStandIn:
                 import struct
                 handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return
+        if self.faults.body_seconds:
+            pieces = [part[i * len(part) // 10:(i + 1) * len(part) // 10] for i in range(10)]
+            return self.stalled(handler, status, headers, part, 0, 0, record, pieces, self.faults.body_seconds / 10)
         self.send(handler, status, part, headers, record)
+
+    @staticmethod
+    def stalled(handler, status, headers, body, count, seconds, record, pieces=(), pause=0.0):
+        """Sends the first `count` bytes of the body, waits `seconds`, then sends the rest, in `pieces`
+        `pause` seconds apart when given."""
+        import time
+
+        record.status = status
+        handler.send_response(status)
+        for key, value in headers:
+            handler.send_header(key, value)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body[:count])
+        handler.wfile.flush()
+        time.sleep(seconds)
+        for piece in pieces or [body[count:]]:
+            handler.wfile.write(piece)
+            handler.wfile.flush()
+            time.sleep(pause)
 
     def storage_requests(self):
         return [r for r in self.requests if r.host == "storage"]

@@ -80,6 +80,12 @@ def local_name(sub_id, disposition, url, original):
     return f"{cache_key(sub_id)}_{name}"
 
 
+def urllib3_errors():
+    import urllib3.exceptions
+
+    return urllib3.exceptions
+
+
 def url_path(url):
     """A URL without its query string, which holds the storage signature."""
     parts = urlsplit(url)
@@ -140,11 +146,15 @@ class Cache:
             return None
         return path if inside else None
 
-    def cached(self, sub_id, updated_at):
-        """The cached file for a sub, if it was downloaded for the same `updated_at` and still has its
-        size and sha256; a record that cannot be trusted is ignored with a warning."""
+    def cached(self, sub_id, updated_at, since=None):
+        """The cached file for a sub, if it was downloaded for the same `updated_at` (and, with `since`, at
+        that time or later) and still has its size and sha256; a record that cannot be trusted is ignored
+        with a warning."""
         record = self.read()["files"].get(str(sub_id))
         if not record or record.get("updated_at") != updated_at:
+            return None
+        downloaded = record.get("downloaded_at")
+        if since is not None and not (isinstance(downloaded, (int, float)) and downloaded >= since):
             return None
         path = self.member(record.get("file"))
         problem = None
@@ -164,6 +174,64 @@ class Cache:
             log.warning("pointcloud %s: the cache manifest %s: ignored, downloading it again", sub_id, problem)
             return None
         return path
+
+    @contextlib.contextmanager
+    def sub_lock(self, key, stop=None, waiting=None, wait=True):
+        """Holds the lock of one sub's download (flock on `.{key}.download.lock`) until the block ends,
+        waiting while another run holds it (`waiting()` is called once then; setting `stop` ends the wait);
+        without `wait`, yields None when it is held. The lock file also notes what the part file holds
+        (see SubLock) and is removed when the block ends, so only a run that dies leaves it behind."""
+        path = self.folder / f".{key}.download.lock"
+        handle = self._acquire(path, stop, waiting, wait)
+        if handle is None:
+            yield None
+            return
+        try:
+            yield SubLock(handle)
+        finally:
+            path.unlink(missing_ok=True)  # while still held: a run waiting on this file then opens a new one
+            handle.close()
+
+    @staticmethod
+    def _acquire(path, stop, waiting, wait):
+        while True:
+            handle = open(path, "a+", encoding="utf-8")
+            try:
+                while True:
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        break
+                    except BlockingIOError:
+                        if not wait:
+                            handle.close()
+                            return None
+                        if waiting is not None:
+                            waiting()
+                            waiting = None
+                        if stop.wait(0.1) if stop is not None else time.sleep(0.1):
+                            raise Cancelled(f"cancelled while waiting for {path.name}") from None
+                try:  # the run we waited for removed the file it locked: lock the one there now
+                    if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                        return handle
+                except FileNotFoundError:
+                    pass
+            except BaseException:
+                handle.close()
+                raise
+            handle.close()
+
+    def sweep(self, keep):
+        """Removes the part and lock files that dead runs left for subs whose keys are not in `keep` (a
+        part whose lock is free belongs to a run that died; the subs in `keep` resume theirs)."""
+        suffixes = (".download.part", ".download.lock")
+        keys = {p.name[1:-len(x)] for p in self.folder.glob(".*.download.*") for x in suffixes if p.name.endswith(x)}
+        for key in sorted(keys - set(keep)):
+            with self.sub_lock(key, wait=False) as lock:
+                if lock is not None:
+                    part = self.folder / f".{key}.download.part"
+                    if part.exists():
+                        log.info("removing %s, left by a run that stopped", part.name)
+                        part.unlink(missing_ok=True)
 
     def record(self, sub_id, entries, file_record):
         with self.locked() as manifest:
@@ -192,6 +260,28 @@ def has_id(entry):
 def shown(value):
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+class SubLock:
+    """A sub's held download lock; its file notes what the part file holds, for the next run to tell
+    whether it may resume it."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def noted(self):
+        self.handle.seek(0)
+        try:
+            note = json.loads(self.handle.read() or "{}")
+        except ValueError:
+            return {}
+        return note if isinstance(note, dict) else {}
+
+    def note(self, **facts):
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.handle.write(json.dumps(facts))
+        self.handle.flush()
 
 
 class DownloadProgress:
@@ -226,53 +316,82 @@ class Cancelled(CupixError):
 
 
 class Downloader:
-    """Fetches one sub's file; the session used for storage never carries the token."""
+    """Fetches one sub's file; the session used for storage never carries the token.
 
-    def __init__(self, client, cache, storage_session=None, refresh=False, stop=None, progress=None):
+    A sub is downloaded under its lock in the download folder, so runs sharing the folder take turns: one
+    that waited finds the other's file in the cache (with `refresh`, a file downloaded at `since`, the
+    start of the run, or later counts as fresh). A part file whose lock is free was left by a run that
+    died: it is resumed when it holds the same version of the sub, else removed."""
+
+    def __init__(self, client, cache, storage_session=None, refresh=False, stop=None, progress=None, since=None):
         self.client = client
         self.cache = cache
         self.storage = storage_session or client.requests.Session()
         self.refresh = refresh
+        self.since = time.time() if since is None else since
         self.stop = stop or threading.Event()
         self.progress = progress or DownloadProgress(1, interval=float("inf"))
 
     def fetch(self, sub, endpoint, entries):
         """The local path of a sub's file, downloaded unless the cache already holds it."""
         sub_id, updated_at = str(sub["id"]), sub.get("updated_at")
-        if not self.refresh:
-            cached = self.cache.cached(sub_id, updated_at)
+        key = cache_key(sub_id)
+
+        def waiting():
+            log.info("pointcloud %s: waiting for another run that is downloading it", sub_id)
+
+        with self.cache.sub_lock(key, self.stop, waiting) as lock:
+            cached = self.cache.cached(sub_id, updated_at, since=self.since if self.refresh else None)
             if cached is not None:
                 log.info("pointcloud %s: using the cached %s", sub_id, cached.name)
                 self.progress.file_done()
                 return cached
-        started = time.monotonic()
-        temp = self.cache.folder / f".{cache_key(sub_id)}.download.part"
-        try:
-            name, url = self.stream_to(temp, sub, endpoint)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        final = self.cache.folder / name
-        os.replace(temp, final)
-        size, digest = file_digest(final)
-        self.cache.record(sub_id, entries, {"id": sub_id, "updated_at": updated_at, "size": size,
-                                            "sha256": digest, "url_path": url_path(url),
-                                            "file": name, "endpoint": endpoint})
+            temp = self.cache.folder / f".{key}.download.part"
+            left = lock.noted()
+            if temp.exists():
+                if not self.refresh and updated_at and left.get("updated_at") == updated_at \
+                        and left.get("endpoint") == endpoint:
+                    log.info("pointcloud %s: resuming the %d bytes an earlier run left", sub_id, temp.stat().st_size)
+                else:
+                    log.info("pointcloud %s: removing the partial file an earlier run left", sub_id)
+                    temp.unlink()
+            started = time.monotonic()
+            try:
+                name, url = self.stream_to(temp, sub, endpoint, lock, left.get("url_path"))
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+            final = self.cache.folder / name
+            os.replace(temp, final)
+            size, digest = file_digest(final)
+            self.cache.record(sub_id, entries, {"id": sub_id, "updated_at": updated_at, "size": size,
+                                                "sha256": digest, "url_path": url_path(url), "file": name,
+                                                "endpoint": endpoint, "downloaded_at": time.time()})
         seconds = max(time.monotonic() - started, 1e-6)
         log.info("pointcloud %s: downloaded %s (%.1f MB in %.1f s, %.1f MB/s)", sub_id, name, size / 1e6, seconds,
                  size / 1e6 / seconds)
         self.progress.file_done()
         return final
 
-    def stream_to(self, temp, sub, endpoint):
-        """Streams the storage file into `temp`, resuming and retrying; returns (local name, storage URL)."""
+    def stream_to(self, temp, sub, endpoint, lock=None, left_path=None):
+        """Streams the storage file into `temp` (resuming what it holds, when `left_path`, the storage
+        path it came from, is the link's), retrying; returns (local name, storage URL)."""
         requests = self.client.requests
         sub_id = str(sub["id"])
         original = meta(sub).get("original_file_name")
         url = self.client.download_location(endpoint)
         what = f"pointcloud {sub_id} ({sub.get('name')}): storage download from {endpoint}"
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+
+        def noted(link):
+            """Notes what the part holds; a part of another storage file is started again."""
+            nonlocal left_path
+            if left_path != url_path(link):
+                temp.unlink(missing_ok=True)
+                left_path = url_path(link)
+            if lock is not None:
+                lock.note(updated_at=sub.get("updated_at"), endpoint=endpoint, url_path=left_path)
+
+        noted(url)
 
         def attempt():
             nonlocal url
@@ -285,6 +404,7 @@ class Downloader:
                     if status in (400, 403):  # most likely an expired link: ask the API for a fresh one
                         log.debug("%s: HTTP %d from storage, asking for a fresh link", what, status)
                         url = self.client.download_location(endpoint)
+                        noted(url)
                         raise Retry(response)
                     if status in RETRYABLE:
                         raise Retry(response)
@@ -298,10 +418,12 @@ class Downloader:
                     resumed = status == 206
                     expected = self.expected_size(response, have if resumed else 0)
                     with open(temp, "ab" if resumed else "wb") as target:
-                        for block in response.iter_content(BLOCK):
+                        # read1: what has arrived, at once (a part file holds every byte received, for a resume)
+                        while block := response.raw.read1(BLOCK, decode_content=True):
                             if self.stop.is_set():
                                 raise Cancelled(f"{what}: cancelled")
                             target.write(block)
+                            target.flush()
                             self.progress.add(len(block))
                     size = temp.stat().st_size
                     if expected is not None and size != expected:
@@ -310,7 +432,8 @@ class Downloader:
                             temp.unlink()
                         raise Retry(response)
                     return local_name(sub_id, response.headers.get("Content-Disposition"), url, original), url
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                    urllib3_errors().HTTPError) as error:
                 raise Retry(error) from None
 
         return self.client.retried(attempt, what)  # fetch() removes `temp` if this fails

@@ -5,6 +5,7 @@ import os
 import queue
 import re
 import threading
+import time
 import weakref
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -80,6 +81,8 @@ class CupixSource(Source):
     def __init__(self, options, label=""):
         super().__init__(options, label)
         self._entries = []
+        self._keys = set()
+        self._since = time.time()  # with --refresh, a file downloaded since then (by any run) is fresh
         self._forget_connections()
         me = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: me() and me()._forget_connections())
@@ -92,6 +95,7 @@ class CupixSource(Source):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._progress = None
+        self._swept = False
 
     def client(self):
         if self._client is None:
@@ -154,6 +158,7 @@ class CupixSource(Source):
 
     def _items(self):
         from ..align import sixteen
+        from .download import cache_key
 
         entries = self.list_entries()
         listing = Listing(entries)
@@ -187,6 +192,7 @@ class CupixSource(Source):
                                         "endpoint": endpoint}))
         used = {s["id"] for s in subs} | {item.fields["group"] for item in items}
         self._entries = [e for e in entries if entry_id(e) in used]
+        self._keys = {cache_key(s["id"]) for s in subs}
         return items
 
     def prefetch(self, items):
@@ -203,8 +209,13 @@ class CupixSource(Source):
     def _fetch(self, item):
         from .download import Downloader
 
-        downloader = Downloader(self.client(), self.cache(), refresh=self.options["refresh"], stop=self._stop,
-                                progress=self._progress)
+        cache = self.cache()
+        with self._lock:
+            if not self._swept:  # the parts that dead runs left for subs this run does not fetch
+                self._swept = True
+                cache.sweep(self._keys)
+        downloader = Downloader(self.client(), cache, refresh=self.options["refresh"], stop=self._stop,
+                                progress=self._progress, since=self._since)
         return downloader.fetch(item.metadata["cupix"]["sub"], item.metadata["endpoint"], self._entries)
 
     def local_file(self, item):

@@ -193,7 +193,8 @@ def test_cache_reuses_unchanged_subs_and_refresh_ignores_it(tmp_path, capture):
         assert len(stand_in.storage_requests()) == first + 1 + 3
     manifest = json.loads((tmp_path / "cache/manifest.json").read_text())
     assert manifest["files"]["5311"]["updated_at"] == "2026-11-02T09:00:00Z"
-    assert set(manifest["files"]["5311"]) == {"id", "updated_at", "size", "sha256", "url_path", "file", "endpoint"}
+    assert set(manifest["files"]["5311"]) == {"id", "updated_at", "size", "sha256", "url_path", "file", "endpoint",
+                                              "downloaded_at"}
     ids = sorted(str(e["attributes"]["id"]) for e in manifest["data"])
     assert ids == ["5310", "5311", "5312", "5313"]
 
