@@ -34,7 +34,9 @@ class Faults:
     slow: dict = field(default_factory=dict)  # sub id -> seconds before that sub's storage answer
     body_seconds: float = 0.0  # each storage body is sent in ten pieces spread over this time
     stall: dict = field(default_factory=dict)  # sub id -> (bytes, seconds): send that many, then wait, once
-    endless_pages: bool = False  # every listing page answers the first page's items and a next_page
+    endless_pages: bool = False
+    location: dict = field(default_factory=dict)  # sub id -> "relative" or a scheme ("ftp"): how /download answers
+    storage_redirect: dict = field(default_factory=dict)  # sub id -> "loop" or a scheme: storage redirects there  # every listing page answers the first page's items and a next_page
 
 
 @dataclass
@@ -137,6 +139,8 @@ class CupixStandIn:
             return self.json(handler, 503, {"result": None}, record, [("Retry-After", "0")])
         if hit <= self.faults.api_503 + self.faults.api_429:
             return self.json(handler, 429, {"result": None}, record, [("Retry-After", "0")])
+        if path.startswith("/bucket/"):  # a download link relative to the API
+            return self.serve_storage(handler, path, query, record)
         if handler.headers.get("X-CUPIX-AUTH") != self.token:
             return self.send(handler, 401, b"", record=record)
         route = path.removeprefix("/api/v1")
@@ -156,7 +160,13 @@ class CupixStandIn:
             item = self.find(parts[1])
             if item is None or item["attributes"].get("kind") != "sub" or parts[1] not in self.files:
                 return self.send(handler, 404, b"", record=record)
-            return self.send(handler, 302, b"", [("Location", self.signed_link(parts[1]))], record)
+            link = self.signed_link(parts[1])
+            how = self.faults.location.get(parts[1])
+            if how == "relative":  # the same path on the API host, which serves it too
+                link = link.removeprefix(self.storage_url)
+            elif how:
+                link = f"{how}:{link.split(':', 1)[1]}"
+            return self.send(handler, 302, b"", [("Location", link)], record)
         return self.send(handler, 404, b"", record=record)
 
     def find(self, identifier):
@@ -211,6 +221,11 @@ class CupixStandIn:
         if query.get("X-Signature", [""])[0] != self.signature(path, expires) or expires == "0":
             return self.send(handler, 403, b"<Error>AccessDenied: Request has expired</Error>", record=record)
         sub_id = path.split("/")[2]
+        redirect = self.faults.storage_redirect.get(sub_id)
+        if redirect:  # to itself, for ever, or to another scheme
+            here = f"{self.storage_url}{handler.path}"
+            target = here if redirect == "loop" else f"{redirect}:{here.split(':', 1)[1]}"
+            return self.send(handler, 302, b"", [("Location", target)], record)
         name, body = self.files[sub_id]
         headers = [("Content-Type", "application/octet-stream")]
         disposition = self.faults.disposition.get(sub_id)

@@ -7,7 +7,7 @@ import logging
 import random
 import time
 from email.utils import parsedate_to_datetime
-from urllib.parse import quote
+from urllib.parse import quote, urljoin, urlsplit
 
 from pipeline.errors import SourceError
 from pipeline.imports import require
@@ -70,6 +70,20 @@ class Backoff:
         told = retry_after(response)
         delay = told if told is not None else min(self.cap, self.base * 2 ** attempt) * self.rng.uniform(0.5, 1.5)
         self.sleep(min(delay, self.cap * 4))
+
+
+def link_problem(link):
+    """Why a download link is not followed (its scheme is not http(s), or it has no host), or None. The
+    link itself is never shown: its query string is a signature.
+
+    >>> link_problem("https://bucket/5.las?sig=1"), link_problem("ftp://host/5.las"), link_problem("https:///5")
+    (None, "its scheme is 'ftp', not http(s)", 'it has no host')
+    """
+    parts = urlsplit(link)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        return f"its scheme is {scheme[:20]!r}, not http(s)"
+    return None if parts.hostname else "it has no host"
 
 
 def kind_of(value):
@@ -264,12 +278,20 @@ class CupixClient:
         return data
 
     def download_location(self, endpoint):
-        """The storage URL that a download endpoint redirects to (the redirect is not followed)."""
-        response = self.request(endpoint, redirect_expected=True, what=f"GET {endpoint}")
-        if response.status_code in (301, 302, 303, 307, 308) and response.headers.get("Location"):
-            return response.headers["Location"]
-        raise self.error(f"GET {endpoint}: expected a redirect to the file, got HTTP {response.status_code}",
-                         response.status_code)
+        """The storage URL that a download endpoint redirects to (the redirect is not followed). A relative
+        `Location` is resolved against the API URL; a link that is then not http(s) is refused. The link
+        is fetched without the token whatever its host (see download.py)."""
+        what = f"GET {endpoint}"
+        response = self.request(endpoint, redirect_expected=True, what=what)
+        location = response.headers.get("Location") if response.is_redirect else None
+        if not location:
+            raise self.error(f"{what}: expected a redirect to the file, got HTTP {response.status_code}",
+                             response.status_code)
+        link = urljoin(f"{self.base_url}{endpoint}", location.strip())
+        problem = link_problem(link)
+        if problem:
+            raise self.error(f"{what}: the download link is refused: {problem}")
+        return link
 
     def listing(self, path, params, what=None):
         return list(self.paged(path, params, what=what))

@@ -11,19 +11,20 @@ import re
 import threading
 import time
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit
 
 from pipeline.model import safe_name
 from pipeline.staging import file_digest
 
 from ..cupix_listing import entry_id, meta
 
-from .client import RETRYABLE, CupixError, Retry
+from .client import RETRYABLE, CupixError, Retry, link_problem
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 BLOCK = 1 << 20
+MAX_REDIRECTS = 10  # storage redirects followed for one request
 
 
 def filename_from_disposition(value):
@@ -379,8 +380,16 @@ class Downloader:
         requests = self.client.requests
         sub_id = str(sub["id"])
         original = meta(sub).get("original_file_name")
-        url = self.client.download_location(endpoint)
-        what = f"pointcloud {sub_id} ({sub.get('name')}): storage download from {endpoint}"
+        named = f"pointcloud {sub_id} ({sub.get('name')})"
+        what = f"{named}: storage download from {endpoint}"
+
+        def location():
+            try:
+                return self.client.download_location(endpoint)
+            except CupixError as error:
+                raise self.client.error(f"{named}: {error}", error.status) from error
+
+        url = location()
 
         def noted(link):
             """Notes what the part holds; a part of another storage file is started again."""
@@ -398,12 +407,11 @@ class Downloader:
             have = temp.stat().st_size if temp.exists() else 0
             headers = {"Range": f"bytes={have}-"} if have else {}
             try:
-                with self.storage.get(url, headers=headers, stream=True, timeout=self.client.timeout,
-                                      allow_redirects=True) as response:
+                with self.open_storage(url, headers, what) as response:
                     status = response.status_code
                     if status in (400, 403):  # most likely an expired link: ask the API for a fresh one
                         log.debug("%s: HTTP %d from storage, asking for a fresh link", what, status)
-                        url = self.client.download_location(endpoint)
+                        url = location()
                         noted(url)
                         raise Retry(response)
                     if status in RETRYABLE:
@@ -435,8 +443,27 @@ class Downloader:
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
                     urllib3_errors().HTTPError) as error:
                 raise Retry(error) from None
+            except requests.RequestException as error:  # its text may hold the signed link
+                raise self.client.error(f"{what}: the storage request could not be made ({type(error).__name__})") \
+                    from None
 
         return self.client.retried(attempt, what)  # fetch() removes `temp` if this fails
+
+    def open_storage(self, url, headers, what):
+        """The storage's answer to a GET of `url`, following its redirects by hand: at most MAX_REDIRECTS,
+        to http(s) links only (messages name the scheme, never the signed link)."""
+        link = url
+        for _ in range(MAX_REDIRECTS + 1):
+            response = self.storage.get(link, headers=headers, stream=True, timeout=self.client.timeout,
+                                        allow_redirects=False)
+            if not response.is_redirect:
+                return response
+            response.close()
+            link = urljoin(link, response.headers["Location"].strip())
+            problem = link_problem(link)
+            if problem:
+                raise self.client.error(f"{what}: the storage redirected to a link that is refused: {problem}")
+        raise self.client.error(f"{what}: the storage redirected more than {MAX_REDIRECTS} times (a redirect loop)")
 
     @staticmethod
     def range_start(response):

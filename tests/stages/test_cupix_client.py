@@ -328,3 +328,34 @@ def test_a_sub_whose_meta_is_not_a_mapping_is_named(tmp_path):
     with pytest.raises(SourceError) as error:
         source.items()
     assert str(error.value) == "pointcloud 5 (group 7): the sub's meta.prop.tm is missing or not 16 finite numbers"
+
+
+@pytest.mark.parametrize("location, expected", [
+    ("/files/5/scan.las?sig=1", "https://acme.cupix.works/files/5/scan.las?sig=1"),
+    ("scan.las?sig=1", "https://acme.cupix.works/api/v1/pointclouds/5/scan.las?sig=1"),
+    ("https://bucket.example/5/scan.las?sig=1", "https://bucket.example/5/scan.las?sig=1"),
+])
+def test_a_relative_download_link_is_resolved_against_the_api_url(client, location, expected):
+    responses.start()
+    try:
+        responses.get(f"{BASE}/pointclouds/5/download", status=302, headers={"Location": location})
+        assert client.download_location("/pointclouds/5/download") == expected
+    finally:
+        responses.stop()
+        responses.reset()
+
+
+@pytest.mark.parametrize("location, problem", [
+    ("ftp://files.example/5.las?sig=SECRET", "its scheme is 'ftp', not http(s)"),
+    ("file:///etc/passwd", "its scheme is 'file', not http(s)"), ("data:,hello", "its scheme is 'data', not http(s)"),
+    ("https://:443/5.las?sig=SECRET", "it has no host")])
+def test_a_download_link_that_is_not_http_is_refused_without_showing_it(client, location, problem):
+    responses.start()
+    try:
+        responses.get(f"{BASE}/pointclouds/5/download", status=302, headers={"Location": location})
+        with pytest.raises(CupixError) as error:
+            client.download_location("/pointclouds/5/download")
+    finally:
+        responses.stop()
+        responses.reset()
+    assert str(error.value) == f"GET /pointclouds/5/download: the download link is refused: {problem}"
