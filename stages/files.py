@@ -42,6 +42,25 @@ def sniff(file_path):
     return found
 
 
+def first_non_finite(columns):
+    """(index, name) of the first point whose coordinates are not all finite numbers, or None: `columns` maps
+    x, y (and z) to arrays of the same length. Readers call it on every chunk, so that no NaN or infinite
+    coordinate reaches a transform or a sink (other float attributes may hold them).
+
+    >>> import numpy as np
+    >>> first_non_finite({"x": np.array([1.0, 2.0, 3.0]), "y": np.array([0.0, np.inf, np.nan])})
+    (1, 'y')
+    """
+    import numpy as np
+    finite = None
+    for values in columns.values():
+        finite = np.isfinite(values) if finite is None else np.logical_and(finite, np.isfinite(values), out=finite)
+    if finite is None or finite.all():
+        return None
+    index = int(np.argmin(finite))
+    return index, next(name for name, values in columns.items() if not np.isfinite(values[index]))
+
+
 TEXT_SUFFIXES = (".pts", ".xyz", ".asc", ".txt", ".csv")
 
 

@@ -1,7 +1,10 @@
 """PLY: a streaming reader for ascii and binary files (vertices only) and `sink.ply`."""
 import hashlib
+import itertools
 import logging
+import math
 import os
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -45,6 +48,7 @@ class PlyHeader:
     elements: list
     length: int  # bytes up to and including end_header's newline
     comments: list
+    lines: int = 0  # lines up to and including end_header's, for the line numbers of ascii data
 
     @property
     def vertex(self):
@@ -91,7 +95,7 @@ def parse_header(path) -> PlyHeader:
             raise SourceError(f"{where}: unexpected {words[0]!r}")
     if file_format is None:
         raise SourceError(f"{path}: PLY header has no format line")
-    header = PlyHeader(file_format, elements, length, comments)
+    header = PlyHeader(file_format, elements, length, comments, data[:length].count(b"\n"))
     vertex = header.vertex
     if vertex is None:
         raise SourceError(f"{path}: PLY file has no vertex element")
@@ -140,66 +144,148 @@ def _vertex_offset(path, header):
     raise AssertionError("vertex element checked by parse_header")
 
 
-def _binary_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size):
-    import numpy as np
+def short_file(path, promised, held, truncated):
+    """A file holding fewer vertices than its header promises: an error, or with `truncated: read` a warning."""
+    if truncated != "read":
+        raise SourceError(f"{path}: PLY header promises {promised} vertices but the file holds {held} "
+                          "(`truncated: read` reads what is there)")
+    log.warning("%s: PLY header promises %d vertices but the file holds %d; reading %d", path, promised, held, held)
+
+
+def check_finite(path, columns, where):
+    """Refuses x, y, z values that are not finite numbers; `where(index)` names the point's line or vertex."""
+    from .files import first_non_finite
+    found = first_non_finite(columns)
+    if found is not None:
+        index, axis = found
+        raise SourceError(f"{path}: {where(index)}: {axis} {columns[axis][index]} is not a finite number")
+
+
+def _available_vertices(path, header, file_dtype):
+    """Where the binary vertices start, and how many the file holds."""
     offset = _vertex_offset(path, header)
+    return offset, max(0, os.path.getsize(path) - offset) // file_dtype.itemsize
+
+
+def _binary_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size, truncated="error"):
+    import numpy as np
+    offset, available = _available_vertices(path, header, file_dtype)
     count = header.vertex.count
-    available = (os.path.getsize(path) - offset) // file_dtype.itemsize
     if available < count:
-        raise SourceError(f"{path}: PLY header promises {count} vertices but the file holds {available}")
+        short_file(path, count, available, truncated)
+        count = available
     with open(path, "rb") as handle:
         handle.seek(offset)
         for start in range(0, count, chunk_size):
             n = min(chunk_size, count - start)
             records = np.fromfile(handle, dtype=file_dtype, count=n)
-            yield convert(records, chunk_dtype, renamed)
+            chunk = convert(records, chunk_dtype, renamed)
+            check_finite(path, {axis: chunk[axis] for axis in XYZ}, lambda index: f"vertex {start + index + 1}")
+            yield chunk
 
 
-def _ascii_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size):
+def _ascii_table(path, lines, file_dtype, first_line):
+    """The values of ascii vertex lines as a (lines, properties) float64 table; a line of the wrong width, a
+    word that is not a number, or a value its property's type cannot hold is an error naming the line."""
+    import numpy as np
+
+    from .files import first_non_finite
+    names, width = file_dtype.names, len(file_dtype.names)
+    words = b" ".join(lines).split()
+    if len(words) != len(lines) * width:
+        for index, line in enumerate(lines):
+            if len(line.split()) != width:
+                raise SourceError(f"{path}: line {first_line + index}: expected {width} values, got {len(line.split())}")
+    try:
+        table = np.array(words, dtype=np.float64).reshape(len(lines), width)
+    except ValueError:
+        for index, word in enumerate(words):
+            try:
+                float(word)
+            except ValueError:
+                line, column = divmod(index, width)
+                raise SourceError(f"{path}: line {first_line + line}: {names[column]} "
+                                  f"{word.decode('ascii', 'replace')!r} is not a number") from None
+        raise
+    for column, name in enumerate(names):
+        kind, values = file_dtype[name], table[:, column]
+        if kind.kind in "iu":
+            limits = np.iinfo(kind)
+            bad = ~((values >= limits.min) & (values <= limits.max) & (values == np.floor(values)))
+        elif kind.itemsize == 4:  # a finite value beyond float's range would become infinite
+            bad = np.isfinite(values) & (np.abs(values) > np.finfo(np.float32).max)
+        else:
+            continue
+        if bad.any():
+            index = int(np.argmax(bad))
+            word = lines[index].split()[column].decode("ascii", "replace")
+            raise SourceError(f"{path}: line {first_line + index}: {name} {word} does not fit its PLY type "
+                              f"{PLY_NAME[kind.str.lstrip('<>|=')]}")
+    coordinates = {axis: table[:, names.index(axis)] for axis in XYZ if axis in names}
+    found = first_non_finite(coordinates)
+    if found is not None:
+        index, axis = found
+        word = lines[index].split()[names.index(axis)].decode("ascii", "replace")
+        raise SourceError(f"{path}: line {first_line + index}: {axis} {word} is not a finite number")
+    return table
+
+
+def _ascii_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size, truncated="error"):
     import numpy as np
     with open(path, "rb") as handle:
         handle.seek(header.length)
+        first_line = header.lines + 1  # the line of the first vertex
         for element in header.elements:
             if element.name == "vertex":
                 break
-            for _ in range(element.count):
-                handle.readline()
-        count, width = header.vertex.count, len(file_dtype.names)
-        line_number = None
+            deque(itertools.islice(handle, element.count), maxlen=0)  # one line each; stops at the end of the file
+            first_line += element.count
+        count = header.vertex.count
         for start in range(0, count, chunk_size):
             n = min(chunk_size, count - start)
-            lines = [handle.readline() for _ in range(n)]
-            words = b" ".join(lines).split()
-            if len(words) != n * width:
-                for index, line in enumerate(lines):
-                    if len(line.split()) != width:
-                        line_number = start + index + 1
-                        break
-                raise SourceError(f"{path}: PLY vertex {line_number or n}: expected {width} values")
-            try:
-                table = np.array(words, dtype=np.float64).reshape(n, width)
-            except ValueError as error:
-                raise SourceError(f"{path}: PLY vertices {start + 1}..{start + n}: {error}") from error
-            records = np.empty(n, file_dtype)
-            for column, name in enumerate(file_dtype.names):
-                records[name] = table[:, column]
-            yield convert(records, chunk_dtype, renamed)
+            lines = list(itertools.islice(handle, n))
+            short = len(lines) < n
+            if short:  # the file ends early; a last line without its newline may have been cut: it is not read
+                if lines and not lines[-1].endswith(b"\n"):
+                    lines.pop()
+                short_file(path, count, start + len(lines), truncated)
+            if lines:
+                table = _ascii_table(path, lines, file_dtype, first_line + start)
+                records = np.empty(len(lines), file_dtype)
+                for column, name in enumerate(file_dtype.names):
+                    records[name] = table[:, column]
+                yield convert(records, chunk_dtype, renamed)
+            if short:
+                return
 
 
 @contextmanager
 def read_ply(path, chunk_size, truncated="error"):
+    """Opens a PLY file as a point stream; `truncated` says what a file holding fewer vertices than its header
+    promises is: an error, or `read` as it is (binary files: known up front; ascii: at their end)."""
     header = parse_header(path)
     if "z" not in [name for name, _ in header.vertex.properties]:
         log.warning("%s: PLY vertices have no z property; z is set to 0", path)
     file_dtype, chunk_dtype, renamed = vertex_layout(header)
-    read = _ascii_chunks if header.format == "ascii" else _binary_chunks
-    info = StreamInfo(dtype=chunk_dtype, source_format="ply", point_count=header.vertex.count,
+    count = header.vertex.count
+    if header.format == "ascii":
+        read = _ascii_chunks
+    else:
+        read = _binary_chunks
+        count = min(count, _available_vertices(path, header, file_dtype)[1])
+    info = StreamInfo(dtype=chunk_dtype, source_format="ply", point_count=count,
                       format_facts={"ply": {"format": header.format, "comments": header.comments}})
-    chunks = read(path, header, file_dtype, chunk_dtype, renamed, chunk_size)
+    chunks = read(path, header, file_dtype, chunk_dtype, renamed, chunk_size, truncated)
     offset = written_offset(header.comments)
     if offset is not None:  # x, y, z were stored relative to it (sink.ply `offset`, CloudCompare's shift)
-        chunks = (shifted(chunk, offset) for chunk in chunks)
-    yield PointStream(info, chunks)
+        if not all(map(math.isfinite, offset)):
+            comment = next(c for c in header.comments if c.split()[:1] == ["offset"] and len(c.split()) == 4)
+            raise SourceError(f"{path}: PLY header comment {comment!r} holds a value that is not finite")
+        chunks = shifted(path, chunks, offset)
+    try:
+        yield PointStream(info, chunks)
+    finally:
+        chunks.close()  # its open file, when the consumer stopped early
 
 
 def written_offset(comments):
@@ -218,10 +304,16 @@ def written_offset(comments):
     return None
 
 
-def shifted(chunk, offset):
-    for axis, value in zip(XYZ, offset):
-        chunk[axis] += value
-    return chunk
+def shifted(path, chunks, offset):
+    """The chunks with the offset added to x, y, z (which must stay finite)."""
+    done = 0
+    for chunk in chunks:
+        for axis, value in zip(XYZ, offset):
+            chunk[axis] += value
+        check_finite(path, {axis: chunk[axis] for axis in XYZ}, lambda index: f"vertex {done + index + 1}")
+        done += len(chunk)
+        yield chunk
+
 
 
 def ply_properties(dtype):

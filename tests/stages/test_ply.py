@@ -48,7 +48,7 @@ def test_header_errors_name_the_file_and_line(tmp_path):
     path.write_text("ply\nformat ascii 1.0\nelement vertex 2\nproperty float x\nproperty float y\nend_header\n1 2\n3\n")
     with pytest.raises(SourceError) as error, read_ply(path, 10) as stream:
         list(stream.chunks)
-    assert str(error.value) == f"{path}: PLY vertex 2: expected 2 values"
+    assert str(error.value) == f"{path}: line 8: expected 2 values, got 1"
 
 
 def test_short_binary_file_is_an_error(tmp_path):
@@ -56,9 +56,11 @@ def test_short_binary_file_is_an_error(tmp_path):
     write_binary_ply(tmp_path / "c.ply", records, "<")
     data = (tmp_path / "c.ply").read_bytes()
     (tmp_path / "c.ply").write_bytes(data[:-30])
-    with pytest.raises(SourceError, match=r"c.ply: PLY header promises 10 vertices but the file holds 8$"):
+    with pytest.raises(SourceError) as error:
         with read_ply(tmp_path / "c.ply", 100) as stream:
             list(stream.chunks)
+    assert str(error.value) == (f"{tmp_path / 'c.ply'}: PLY header promises 10 vertices but the file holds 8 "
+                                "(`truncated: read` reads what is there)")
 
 
 @pytest.mark.parametrize("ascii", [False, True])
@@ -117,3 +119,136 @@ def test_without_a_report_nothing_is_hashed(tmp_path, registry, conformance):
     assert result.checksums == {}
     assert result.outputs == [{"sink": "stages[1] (sink.ply)", "path": str(tmp_path / "out/1.2-with-color.ply"),
                                "size": (tmp_path / "out/1.2-with-color.ply").stat().st_size}]
+
+
+def ascii_ply(path, properties, rows, count=None, before=""):
+    """An ascii PLY file: `properties` as (type, name), `rows` as lines of text (without newlines)."""
+    header = "ply\nformat ascii 1.0\ncomment made by hand\n" + before
+    header += f"element vertex {len(rows) if count is None else count}\n"
+    header += "".join(f"property {kind} {name}\n" for kind, name in properties)
+    path.write_text(header + "end_header\n" + "".join(f"{row}\n" for row in rows))
+    return path
+
+
+def read_all(path, chunk_size=1000, truncated="error"):
+    with read_ply(path, chunk_size, truncated) as stream:
+        return list(stream.chunks)
+
+
+XYZ_FLOAT = [("float", "x"), ("float", "y"), ("float", "z")]
+
+
+@pytest.mark.parametrize("kind, value, message", [
+    ("uchar", "999", "red 999 does not fit its PLY type uchar"),
+    ("uchar", "-1", "red -1 does not fit its PLY type uchar"),
+    ("uchar", "2.5", "red 2.5 does not fit its PLY type uchar"),
+    ("short", "40000", "red 40000 does not fit its PLY type short"),
+    ("uint", "nan", "red nan does not fit its PLY type uint"),
+    ("float", "1e39", "red 1e39 does not fit its PLY type float"),
+])
+def test_ascii_values_outside_their_type_are_refused_naming_the_line(tmp_path, kind, value, message):
+    # they used to wrap: 999 as uchar became 231
+    path = ascii_ply(tmp_path / "c.ply", XYZ_FLOAT + [(kind, "red")], ["1 2 3 7", "4 5 6 8", f"7 8 9 {value}"])
+    with pytest.raises(SourceError) as error:
+        read_all(path, chunk_size=2)
+    assert str(error.value) == f"{path}: line 12: {message}"
+
+
+def test_ascii_values_at_the_edges_of_their_types_are_kept(tmp_path):
+    path = ascii_ply(tmp_path / "c.ply", XYZ_FLOAT + [("uchar", "red"), ("char", "c"), ("uint", "u"), ("float", "f")],
+                     ["1 2 3 255 -128 4294967295 nan", "4 5 6 0 127 0 -inf"])
+    (chunk,) = read_all(path)
+    assert chunk["red"].tolist() == [255, 0] and chunk["c"].tolist() == [-128, 127]
+    assert chunk["u"].tolist() == [4294967295, 0]
+    assert np.isnan(chunk["f"][0]) and chunk["f"][1] == -np.inf  # not a coordinate: kept as it is
+
+
+@pytest.mark.parametrize("row, message", [
+    ("nan 8 9", "x nan is not a finite number"),
+    ("7 -inf 9", "y -inf is not a finite number"),
+    ("7 8 1e999", "z 1e999 is not a finite number"),
+])
+def test_ascii_coordinates_that_are_not_finite_are_refused_naming_the_line(tmp_path, row, message):
+    path = ascii_ply(tmp_path / "c.ply", [("double", "x"), ("double", "y"), ("double", "z")], ["1 2 3", row])
+    with pytest.raises(SourceError) as error:
+        read_all(path)
+    assert str(error.value) == f"{path}: line 10: {message}"
+
+
+def test_binary_coordinates_that_are_not_finite_are_refused_naming_the_vertex(tmp_path):
+    records = np.zeros(2500, [("x", "f8"), ("y", "f4"), ("z", "f8"), ("intensity", "f4")])
+    records["intensity"][5] = np.nan  # not a coordinate: kept
+    records["y"][2100] = np.inf
+    write_binary_ply(tmp_path / "c.ply", records, "<")
+    with pytest.raises(SourceError) as error:
+        read_all(tmp_path / "c.ply", chunk_size=1000)
+    assert str(error.value) == f"{tmp_path / 'c.ply'}: vertex 2101: y inf is not a finite number"
+    records["y"][2100] = 0
+    write_binary_ply(tmp_path / "c.ply", records, "<")
+    assert np.isnan(np.concatenate(read_all(tmp_path / "c.ply"))["intensity"][5])
+
+
+def test_nan_coordinates_stop_the_cli_with_one_line(tmp_path):
+    from tests.conftest import cli, write_config
+    ascii_ply(tmp_path / "c.ply", XYZ_FLOAT, ["1 2 3", "nan 5 6"])
+    config = write_config(tmp_path, """
+        version: 1
+        stages:
+          - type: source.files
+            paths: [c.ply]
+          - type: sink.las
+            path: out/{name}.las
+    """)
+    done = cli("run", config, "-q")
+    assert (done.returncode, done.stderr) == (1, f"error: {tmp_path / 'c.ply'}: line 10: x nan is not a finite number\n")
+    assert not list(tmp_path.glob("out/*"))  # the sink's folder may be made; nothing is left in it
+
+
+def test_an_offset_comment_that_is_not_finite_is_refused(tmp_path):
+    path = ascii_ply(tmp_path / "c.ply", XYZ_FLOAT, ["1 2 3"], before="comment offset 500000 nan 0\n")
+    with pytest.raises(SourceError) as error:
+        read_all(path)
+    assert str(error.value) == f"{path}: PLY header comment 'offset 500000 nan 0' holds a value that is not finite"
+
+
+def test_a_short_ascii_file_is_an_error_or_read_with_truncated_read(tmp_path, caplog):
+    path = ascii_ply(tmp_path / "c.ply", XYZ_FLOAT, ["1 2 3", "4 5 6", "7 8 9"], count=5)
+    path.write_bytes(path.read_bytes()[:-2])  # the last line cut inside its last number: it is not read
+    with pytest.raises(SourceError) as error:
+        read_all(path, chunk_size=2)
+    assert str(error.value) == (f"{path}: PLY header promises 5 vertices but the file holds 2 (`truncated: read` "
+                                "reads what is there)")
+    with caplog.at_level("WARNING"):
+        chunks = read_all(path, chunk_size=2, truncated="read")
+    assert np.concatenate(chunks)["x"].tolist() == [1, 4]
+    assert caplog.messages == [f"{path}: PLY header promises 5 vertices but the file holds 2; reading 2"]
+
+
+def test_a_short_binary_file_is_read_with_truncated_read(tmp_path, caplog):
+    records = np.zeros(10, [("x", "f8"), ("y", "f8"), ("z", "f8")])
+    records["x"] = np.arange(10)
+    write_binary_ply(tmp_path / "c.ply", records, "<")
+    data = (tmp_path / "c.ply").read_bytes()
+    (tmp_path / "c.ply").write_bytes(data[:-30])
+    with caplog.at_level("WARNING"):
+        with read_ply(tmp_path / "c.ply", 3, "read") as stream:
+            assert stream.info.point_count == 8
+            chunks = list(stream.chunks)
+    assert np.concatenate(chunks)["x"].tolist() == list(range(8))
+    assert caplog.messages == [f"{tmp_path / 'c.ply'}: PLY header promises 10 vertices but the file holds 8; reading 8"]
+
+
+def test_a_huge_element_count_before_the_vertices_ends_at_the_end_of_the_file(tmp_path):
+    path = ascii_ply(tmp_path / "c.ply", XYZ_FLOAT, ["1 2 3"], before="element face 1000000000000\n"
+                     "property list uchar int vertex_indices\n")
+    with pytest.raises(SourceError) as error:
+        read_all(path)
+    assert str(error.value) == (f"{path}: PLY header promises 1 vertices but the file holds 0 (`truncated: read` "
+                                "reads what is there)")
+    records = np.zeros(3, [("x", "f8"), ("y", "f8"), ("z", "f8")])
+    write_binary_ply(tmp_path / "b.ply", records, "<", extra_header="element extra 10000000000000000000000\n"
+                     "property double v\n")
+    with pytest.raises(SourceError) as error:
+        read_all(tmp_path / "b.ply")
+    assert str(error.value) == (f"{tmp_path / 'b.ply'}: PLY header promises 3 vertices but the file holds 0 "
+                                "(`truncated: read` reads what is there)")
