@@ -121,6 +121,7 @@ class TextTable:
                 if bad is not None:
                     raise SourceError(f"{self.path}: line {number}: {bad.strip()!r} is not a number") from None
             raise
+        self.check_coordinates(table, batch, numbers)
         chunk = np.zeros(len(batch), self.dtype)
         for column, name in enumerate(self.columns):
             if name == SKIP:
@@ -140,6 +141,17 @@ class TextTable:
                                       "attribute")
             chunk[name] = values
         return chunk
+
+
+    def check_coordinates(self, table, batch, numbers):
+        """x, y, z must be finite numbers (`nan`, `inf` and `1e999` parse, but make no point)."""
+        from .files import first_non_finite
+        columns = {axis: table[:, self.columns.index(axis)] for axis in XYZ if axis in self.columns}
+        found = first_non_finite(columns)
+        if found is not None:
+            index, axis = found
+            word = batch[index][self.columns.index(axis)].strip()
+            raise SourceError(f"{self.path}: line {numbers[index]}: {axis} {word} is not a finite number")
 
 
 def sniff_layout(path, columns_option):

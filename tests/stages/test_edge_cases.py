@@ -130,3 +130,28 @@ def test_library_errors_of_several_lines_print_one(capsys):
 
     assert report_error(SourceError("x.e57: cannot read E57: bad\n**** Got an e57 exception\nDebug info"), False) == 1
     assert capsys.readouterr().err == "error: x.e57: cannot read E57: bad\n"
+
+
+def test_e57_coordinates_that_are_not_finite_are_refused_naming_the_scan_and_point(tmp_path, monkeypatch):
+    from pipeline.errors import SourceError
+    from stages import e57
+
+    class Header:
+        point_fields = ["cartesianX", "cartesianY", "cartesianZ"]
+        rotation, translation, point_count, node = np.array([1.0, 0, 0, 0]), np.zeros(3), 3, {}
+
+    class FakeE57:  # what pye57 gives for a scan whose pose or points are not finite numbers
+        scan_count = 2
+
+        def get_header(self, index):
+            return Header()
+
+        def read_scan(self, index, **options):
+            x = np.array([1.0, 2.0, np.nan if index == 1 else 3.0])
+            return {"cartesianX": x, "cartesianY": np.zeros(3), "cartesianZ": np.zeros(3)}
+
+    monkeypatch.setattr(e57, "open_e57", lambda path: FakeE57())
+    with pytest.raises(SourceError) as error:
+        with e57.read_e57(tmp_path / "scan.e57", 10) as stream:
+            list(stream.chunks)
+    assert str(error.value) == f"{tmp_path / 'scan.e57'}: scan 1, point 3: x nan is not a finite number"

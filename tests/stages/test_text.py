@@ -274,3 +274,21 @@ def test_wrong_number_of_column_names(tmp_path, registry):
         """)
     assert str(error.value) == f"{tmp_path / 'three.xyz'}: 2 column names (x y) for 3 values per line"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("c.xyz", "1 2 3\n4 5 6\nnan 8 9\n", "line 3: x nan is not a finite number"),
+    ("c.xyz", "X,Y,Z\n1,2,3\n4,-inf,6\n", "line 3: y -inf is not a finite number"),
+    ("c.pts", "2\n1 2 3 0 1 2 3\n4 5 1e999 0 1 2 3\n", "line 3: z 1e999 is not a finite number"),
+])
+def test_coordinates_that_are_not_finite_are_refused_naming_the_line(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(SourceError) as error:
+        read_all(tmp_path / name, chunk_size=2)
+    assert str(error.value) == f"{tmp_path / name}: {message}"
+
+
+def test_nan_in_an_attribute_that_is_not_a_coordinate_is_kept(tmp_path):
+    (tmp_path / "c.xyz").write_text("x y z scalar\n1 2 3 nan\n4 5 6 inf\n")
+    _, _, points = read_all(tmp_path / "c.xyz")
+    assert np.isnan(points["scalar"][0]) and points["scalar"][1] == np.inf
