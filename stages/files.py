@@ -75,26 +75,94 @@ def looks_like_points(name, head):
     return any(len(row) >= 3 and all(NUMBER.match(word) for word in row) for row in rows[:5])
 
 
+# A zip is unpacked to a temporary folder before its point cloud is read, so what a member would unpack to is
+# checked first. LAS compresses 3-10 times with deflate, LAZ not at all, PLY and text 2-5 times; a member that
+# claims more than 100 times its compressed size is a zip bomb (1.5 MB unpacking to 1.5 GB), not a point
+# cloud, once it is big enough to matter (a small file of repeated rows compresses better and is harmless).
+ZIP_MAX_RATIO = 100
+ZIP_RATIO_FROM = 64 << 20  # bytes: members smaller than this are unpacked whatever their ratio
+ZIP_KEEP_FREE = 64 << 20  # bytes left free on the temporary folder's disk after unpacking
+
+
+def zip_problem(file_path, name, error):
+    """A zip library error, as one line naming the archive and the member."""
+    from .las import described
+
+    text = described(error)
+    if isinstance(error, zipfile.BadZipFile) and "CRC" in text:
+        text += " (a damaged archive, or a member larger than its header says)"
+    return SourceError(f"{file_path}: cannot unpack {name}: {text}")
+
+
+def check_member_size(file_path, info):
+    """Refuses a member whose declared size is a zip bomb's (see ZIP_MAX_RATIO)."""
+    size, packed = info.file_size, max(info.compress_size, 1)
+    if size > ZIP_RATIO_FROM and size > ZIP_MAX_RATIO * packed:
+        raise SourceError(f"{file_path}: member {info.filename} would unpack to {size} bytes from {packed}, "
+                          f"{size // packed} times its size: refused as a zip bomb (the limit is {ZIP_MAX_RATIO} "
+                          f"times, for members over {ZIP_RATIO_FROM >> 20} MB)")
+
+
 def zip_member(file_path):
-    """The one point cloud inside a zip archive, and its format."""
+    """The one point cloud inside a zip archive, and its format (a zip inside is not a point cloud)."""
+    found = []
     try:
         with zipfile.ZipFile(file_path) as archive:
-            found = []
             for info in archive.infolist():
                 name = info.filename
                 if info.is_dir() or name.startswith("__MACOSX/") or Path(name).name.startswith("."):
                     continue
-                with archive.open(info) as member:
-                    head = member.read(HEAD)
+                try:
+                    with archive.open(info) as member:
+                        head = member.read(HEAD)
+                except Exception as error:  # anything the zip library raises on a damaged member
+                    raise zip_problem(file_path, name, error) from error
                 kind = sniff_bytes(head)
-                if kind is not None and (kind not in ("pts", "xyz") or looks_like_points(name, head)):
-                    found.append((name, kind))
-    except zipfile.BadZipFile as error:
+                if kind not in (None, "zip") and (kind not in ("pts", "xyz") or looks_like_points(name, head)):
+                    found.append((info, kind))
+    except SourceError:
+        raise
+    except Exception as error:  # BadZipFile, and whatever else a damaged directory makes the library raise
         raise SourceError(f"{file_path}: broken zip archive: {error}") from error
     if len(found) != 1:
-        listed = ", ".join(name for name, _ in found) or "none"
+        listed = ", ".join(info.filename for info, _ in found) or "none"
         raise SourceError(f"{file_path}: expected a zip holding one point cloud, found {len(found)} ({listed})")
-    return found[0]
+    info, kind = found[0]
+    check_member_size(file_path, info)
+    return info.filename, kind
+
+
+def unpack(file_path, member, folder):
+    """Unpacks one member into `folder`, checking the disk space first and the size as it goes; its path."""
+    from pipeline.model import safe_name
+
+    target = Path(folder) / safe_name(Path(member).name)
+    try:
+        with zipfile.ZipFile(file_path) as archive:
+            info = archive.getinfo(member)
+            check_member_size(file_path, info)
+            free = shutil.disk_usage(folder).free
+            if info.file_size + ZIP_KEEP_FREE > free:
+                raise SourceError(f"{file_path}: member {member} needs {info.file_size} bytes unpacked but "
+                                  f"{Path(folder).parent} has {free} bytes free, less the {ZIP_KEEP_FREE >> 20} MB "
+                                  "kept free")
+            written = 0
+            with archive.open(info) as source, open(target, "wb") as out:
+                while block := source.read(1 << 20):
+                    written += len(block)
+                    if written > info.file_size:  # zipfile stops at the declared size; this is a second guard
+                        raise SourceError(f"{file_path}: member {member} unpacks to more than the {info.file_size} "
+                                          "bytes its header declares")
+                    out.write(block)
+    except SourceError:
+        raise
+    except OSError as error:  # writing the unpacked file: a full disk, say
+        if error.filename == str(target):
+            raise SourceError(f"{file_path}: cannot unpack {member} to {target}: {error.strerror or error}") from error
+        raise zip_problem(file_path, member, error) from error
+    except Exception as error:
+        raise zip_problem(file_path, member, error) from error
+    return target
 
 
 def expand(patterns):
@@ -152,9 +220,7 @@ def read_file(file_path, chunk_size, columns=None, truncated="error"):
     member, member_format = zip_member(file_path)
     folder = tempfile.mkdtemp(prefix="pipeline-zip-")
     try:
-        extracted = Path(folder) / Path(member).name
-        with zipfile.ZipFile(file_path) as archive, archive.open(member) as source, open(extracted, "wb") as target:
-            shutil.copyfileobj(source, target, 1 << 20)
+        extracted = unpack(file_path, member, folder)
         with open_reader(extracted, member_format, chunk_size, columns, truncated) as stream:
             yield stream
     finally:

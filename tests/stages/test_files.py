@@ -187,3 +187,65 @@ def test_stem_of_a_name_with_several_dots(tmp_path, registry, conformance):
     found = plan(tmp_path, registry, files_config(["site.2024.v2.las"]))
     assert found.items[0].template_values()["stem"] == "site.2024.v2"
     assert found.targets[0] == [("stages[1] (sink.ply)", str(tmp_path / "out/site.2024.v2.ply"))]
+
+
+def declared_size(path, size):
+    """Rewrites the uncompressed size a zip's only member declares, in its local and central headers."""
+    import struct
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<I", data, 22, size)
+    struct.pack_into("<I", data, data.rfind(b"PK\x01\x02") + 24, size)
+    path.write_bytes(bytes(data))
+    with zipfile.ZipFile(path) as archive:
+        return archive.infolist()[0].compress_size
+
+
+def test_a_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path, registry, private_tmp):
+    make_zip(tmp_path / "bomb.zip", {"points.xyz": b"1 2 3\n4 5 6\n" * 1000})
+    compressed = declared_size(tmp_path / "bomb.zip", 1_500_000_000)
+    with pytest.raises(SourceError) as error:
+        plan(tmp_path, registry, files_config(["bomb.zip"]))
+    assert str(error.value) == (f"{tmp_path / 'bomb.zip'}: member points.xyz would unpack to 1500000000 bytes from "
+                                f"{compressed}, {1_500_000_000 // compressed} times its size: refused as a zip bomb "
+                                "(the limit is 100 times, for members over 64 MB)")
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_small_member_that_compresses_very_well_is_read(tmp_path, private_tmp):
+    make_zip(tmp_path / "flat.zip", {"points.xyz": b"1 2 3\n" * 200_000})  # about 1,000 times smaller zipped
+    with read_file(str(tmp_path / "flat.zip"), 100_000) as stream:
+        assert sum(len(chunk) for chunk in stream.chunks) == 200_000
+
+
+def test_a_member_bigger_than_the_free_disk_space_is_refused(tmp_path, private_tmp, monkeypatch):
+    make_zip(tmp_path / "big.zip", {"points.xyz": b"1 2 3\n4 5 6\n"})
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: shutil._ntuple_diskusage(10 ** 9, 10 ** 9 - 1000, 1000))
+    with pytest.raises(SourceError) as error:
+        with read_file(str(tmp_path / "big.zip"), 10):
+            pass
+    assert str(error.value) == (f"{tmp_path / 'big.zip'}: member points.xyz needs 12 bytes unpacked but "
+                                f"{private_tmp} has 1000 bytes free, less the 64 MB kept free")
+    assert list(private_tmp.iterdir()) == []
+
+
+def test_a_member_that_unpacks_to_more_than_its_header_says_is_refused(tmp_path, private_tmp):
+    make_zip(tmp_path / "lying.zip", {"points.xyz": b"1 2 3\n4 5 6\n" * 100})
+    declared_size(tmp_path / "lying.zip", 12)
+    with pytest.raises(SourceError) as error:
+        with read_file(str(tmp_path / "lying.zip"), 10):
+            pass
+    assert str(error.value) == (f"{tmp_path / 'lying.zip'}: cannot unpack points.xyz: Bad CRC-32 for file "
+                                "'points.xyz' (a damaged archive, or a member larger than its header says)")
+    assert list(private_tmp.iterdir()) == []
+
+
+@pytest.mark.parametrize("offset, value", [(200, 0x7F), (100, 0xFF)])
+def test_a_damaged_zip_is_one_line_naming_it(tmp_path, registry, offset, value):
+    make_zip(tmp_path / "bad.zip", {"points.xyz": b"".join(b"%d %d %d\n" % (i, i * 7 % 13, i * 3) for i in range(300))})
+    data = bytearray((tmp_path / "bad.zip").read_bytes())
+    data[offset] = value
+    (tmp_path / "bad.zip").write_bytes(bytes(data))
+    with pytest.raises(SourceError) as error:
+        run(tmp_path, registry, files_config(["bad.zip"]))
+    assert str(error.value).startswith(f"{tmp_path / 'bad.zip'}: ")
+    assert "\n" not in str(error.value)
