@@ -35,6 +35,9 @@ class Faults:
     body_seconds: float = 0.0  # each storage body is sent in ten pieces spread over this time
     stall: dict = field(default_factory=dict)  # sub id -> (bytes, seconds): send that many, then wait, once
     endless_pages: bool = False
+    api_trickle: float = 0.0  # every API answer (status line and headers too) comes one byte this many seconds apart
+    trickle: dict = field(default_factory=dict)  # sub id -> (bytes, seconds, times): after that many bytes, one
+    #                                               byte every `seconds`, for the first `times` requests
     location: dict = field(default_factory=dict)  # sub id -> "relative" or a scheme ("ftp"): how /download answers
     storage_redirect: dict = field(default_factory=dict)  # sub id -> "loop" or a scheme: storage redirects there  # every listing page answers the first page's items and a next_page
 
@@ -116,10 +119,14 @@ class CupixStandIn:
 
     # --- answers ------------------------------------------------------------------------------------------
 
-    @staticmethod
-    def send(handler, status, body=b"", headers=(), record=None, length=None):
+    def send(self, handler, status, body=b"", headers=(), record=None, length=None):
         if record is not None:
             record.status = status
+        if handler.server is self.api and self.faults.api_trickle:
+            head = [f"HTTP/1.1 {status} Trickling", *(f"{k}: {v}" for k, v in headers),
+                    f"Content-Length: {len(body) if length is None else length}", "Connection: close", "", ""]
+            handler.close_connection = True
+            return self.trickled(handler, "\r\n".join(head).encode() + body, self.faults.api_trickle)
         handler.send_response(status)
         for key, value in headers:
             handler.send_header(key, value)
@@ -245,6 +252,13 @@ class CupixStandIn:
             stall = self.faults.stall.pop(sub_id, None)
         if stall is not None:
             return self.stalled(handler, status, headers, part, *stall, record)
+        with self.lock:
+            count, seconds, times = self.faults.trickle.get(sub_id, (0, 0, 0))
+            if times:
+                self.faults.trickle[sub_id] = (count, seconds, times - 1)
+        if times:
+            self.stalled(handler, status, headers, part, count, 0, record, [b""])
+            return self.trickled(handler, part[count:], seconds)
         if drop is not None or short is not None:
             record.status = status
             handler.send_response(status)
@@ -284,6 +298,20 @@ class CupixStandIn:
             handler.wfile.write(piece)
             handler.wfile.flush()
             time.sleep(pause)
+
+    @staticmethod
+    def trickled(handler, data, seconds, longest=30.0):
+        """Sends `data` one byte every `seconds` (for `longest` seconds at most), until the client leaves."""
+        import time
+
+        handler.close_connection = True
+        ends = time.monotonic() + longest
+        for byte in data:
+            if time.monotonic() > ends:
+                break
+            handler.wfile.write(bytes([byte]))
+            handler.wfile.flush()
+            time.sleep(seconds)
 
     def storage_requests(self):
         return [r for r in self.requests if r.host == "storage"]

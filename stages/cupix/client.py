@@ -39,8 +39,14 @@ class Retry(Exception):
         self.last = last
 
 
+class Stalled(Exception):
+    """An attempt that took too long or went too slowly; its text says how, for messages."""
+
+
 def failure(last):
-    """How a failed attempt ended, for messages: its HTTP status, or the kind of error."""
+    """How a failed attempt ended, for messages: its HTTP status, how it stalled, or the kind of error."""
+    if isinstance(last, Stalled):
+        return str(last)
     status = getattr(last, "status_code", None)
     return f"HTTP {status}" if status else type(last).__name__
 
@@ -130,15 +136,29 @@ def page_number(pagination, key, where, client):
 
 
 class CupixClient:
+    """`timeout` bounds an API request's whole time, from connecting to the last byte of the answer (a
+    watchdog cuts the connection of one that takes longer, and it is retried); downloads use it as the
+    longest wait for the storage's answer and then for each next byte (see download.py)."""
+
     def __init__(self, base_url, token, timeout=60.0, retries=5, backoff=None, session=None):
         requests = require("requests", "the Cupix API")
+        from .watchdog import Watchdog
+
         self.requests = requests
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff or Backoff()
-        self.session = session or requests.Session()
+        self.watchdog = Watchdog()
+        self.session = session or self.new_session()
         self._token = token
+
+    @staticmethod
+    def new_session():
+        """A requests session whose requests a watch can cut (see watchdog.py)."""
+        from .watchdog import watched_session
+
+        return watched_session()
 
     def __repr__(self):  # never show the token
         return f"CupixClient({self.base_url!r})"
@@ -165,13 +185,18 @@ class CupixClient:
         what = what or f"GET {path}"
 
         def attempt():
-            try:
-                response = self.session.get(url, params=params, headers={AUTH_HEADER: self._token},
-                                            timeout=self.timeout, allow_redirects=False)
-            except (self.requests.ConnectionError, self.requests.Timeout) as error:
-                raise Retry(error) from None
-            except self.requests.RequestException as error:  # its text may hold the request's headers
-                raise self.error(f"{what}: the request could not be made ({type(error).__name__})") from None
+            with self.watchdog.watch(self.timeout) as watch:
+                try:
+                    response = self.session.get(url, params=params, headers={AUTH_HEADER: self._token},
+                                                timeout=self.timeout, allow_redirects=False)
+                except (self.requests.ConnectionError, self.requests.Timeout,
+                        self.requests.exceptions.ChunkedEncodingError) as error:
+                    raise Retry(Stalled(f"timeout (no complete answer within {self.timeout:g} s)")
+                                if watch.expired else error) from None
+                except self.requests.RequestException as error:  # its text may hold the request's headers
+                    raise self.error(f"{what}: the request could not be made ({type(error).__name__})") from None
+            if watch.expired:  # an answer cut short may still look whole
+                raise Retry(Stalled(f"timeout (no complete answer within {self.timeout:g} s)"))
             if response.status_code in RETRYABLE:
                 raise Retry(response)
             if response.is_redirect and not redirect_expected:

@@ -18,7 +18,7 @@ from pipeline.staging import file_digest
 
 from ..cupix_listing import entry_id, meta
 
-from .client import RETRYABLE, CupixError, Retry, link_problem
+from .client import RETRYABLE, CupixError, Retry, Stalled, link_problem
 
 log = logging.getLogger(__name__)
 
@@ -312,6 +312,33 @@ class DownloadProgress:
         log.info("downloads: %d/%d files, %.1f MB, %.1f MB/s", self.done, self.files, self.bytes / 1e6, rate)
 
 
+class RateFloor:
+    """The lowest rate a download may keep: `add(count)` after each block says, once a window of
+    `window` seconds has passed, whether the bytes in it came slower than `rate` bytes/s (a text for the
+    message) or not (None); each window is measured on its own. A rate of 0 is no floor.
+
+    >>> clock = iter([0.0, 0.5, 1.2, 1.4, 2.6]).__next__
+    >>> floor = RateFloor(1000, 1.0, clock)
+    >>> floor.add(700), floor.add(600), floor.add(100), floor.add(100)
+    (None, None, None, 'too slow (0.1 KB/s over 1 s; min_rate 1 KB/s)')
+    """
+
+    def __init__(self, rate, window, clock=time.monotonic):
+        self.rate, self.window, self.clock = rate, window, clock
+        self.start, self.bytes = clock(), 0
+
+    def add(self, count):
+        self.bytes += count
+        now = self.clock()
+        if not self.rate or now - self.start < self.window:
+            return None
+        rate = self.bytes / (now - self.start)
+        self.start, self.bytes = now, 0
+        if rate >= self.rate:
+            return None
+        return f"too slow ({rate / 1000:.1f} KB/s over {self.window:g} s; min_rate {self.rate / 1000:g} KB/s)"
+
+
 class Cancelled(CupixError):
     """The run stopped while a download was under way."""
 
@@ -324,17 +351,27 @@ class Downloader:
     start of the run, or later counts as fresh). A part file whose lock is free was left by a run that
     died: it is resumed when it holds the same version of the sub, else removed."""
 
-    def __init__(self, client, cache, storage_session=None, refresh=False, stop=None, progress=None, since=None):
+    def __init__(self, client, cache, storage_session=None, refresh=False, stop=None, progress=None, since=None,
+                 min_rate=0.0, rate_window=30.0):
         self.client = client
         self.cache = cache
-        self.storage = storage_session or client.requests.Session()
+        self.storage = storage_session or client.new_session()
+        self.own_storage = storage_session is None
         self.refresh = refresh
+        self.min_rate, self.rate_window = min_rate, rate_window  # bytes/s over seconds; 0: no floor
         self.since = time.time() if since is None else since
         self.stop = stop or threading.Event()
         self.progress = progress or DownloadProgress(1, interval=float("inf"))
 
     def fetch(self, sub, endpoint, entries):
         """The local path of a sub's file, downloaded unless the cache already holds it."""
+        try:
+            return self._fetch(sub, endpoint, entries)
+        finally:
+            if self.own_storage:
+                self.storage.close()
+
+    def _fetch(self, sub, endpoint, entries):
         sub_id, updated_at = str(sub["id"]), sub.get("updated_at")
         key = cache_key(sub_id)
 
@@ -406,46 +443,58 @@ class Downloader:
             nonlocal url
             have = temp.stat().st_size if temp.exists() else 0
             headers = {"Range": f"bytes={have}-"} if have else {}
-            try:
-                with self.open_storage(url, headers, what) as response:
-                    status = response.status_code
-                    if status in (400, 403):  # most likely an expired link: ask the API for a fresh one
-                        log.debug("%s: HTTP %d from storage, asking for a fresh link", what, status)
-                        url = location()
-                        noted(url)
-                        raise Retry(response)
-                    if status in RETRYABLE:
-                        raise Retry(response)
-                    if status == 404:
-                        raise CupixError(f"{what}: the storage answered 404 for {url_path(url)}", 404)
-                    if status not in (200, 206):
-                        raise CupixError(f"{what}: HTTP {status} from storage", status)
-                    if status == 206 and self.range_start(response) != have:
-                        temp.unlink(missing_ok=True)  # a part we did not ask for: start again from the first byte
-                        raise Retry(response)
-                    resumed = status == 206
-                    expected = self.expected_size(response, have if resumed else 0)
-                    with open(temp, "ab" if resumed else "wb") as target:
-                        # read1: what has arrived, at once (a part file holds every byte received, for a resume)
-                        while block := response.raw.read1(BLOCK, decode_content=True):
-                            if self.stop.is_set():
-                                raise Cancelled(f"{what}: cancelled")
-                            target.write(block)
-                            target.flush()
-                            self.progress.add(len(block))
-                    size = temp.stat().st_size
-                    if expected is not None and size != expected:
-                        log.debug("%s: got %d of %d bytes", what, size, expected)
-                        if size > expected:
-                            temp.unlink()
-                        raise Retry(response)
-                    return local_name(sub_id, response.headers.get("Content-Disposition"), url, original), url
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                    urllib3_errors().HTTPError) as error:
-                raise Retry(error) from None
-            except requests.RequestException as error:  # its text may hold the signed link
-                raise self.client.error(f"{what}: the storage request could not be made ({type(error).__name__})") \
-                    from None
+            timeout = self.client.timeout
+            stalled = f"timeout (no answer within {timeout:g} s)"
+            with self.client.watchdog.watch(timeout) as watch:
+                try:
+                    with self.open_storage(url, headers, what) as response:
+                        status = response.status_code
+                        if status in (400, 403):  # most likely an expired link: ask the API for a fresh one
+                            log.debug("%s: HTTP %d from storage, asking for a fresh link", what, status)
+                            url = location()
+                            noted(url)
+                            raise Retry(response)
+                        if status in RETRYABLE:
+                            raise Retry(response)
+                        if status == 404:
+                            raise self.client.error(f"{what}: the storage answered 404 for {url_path(url)}", 404)
+                        if status not in (200, 206):
+                            raise self.client.error(f"{what}: HTTP {status} from storage", status)
+                        if status == 206 and self.range_start(response) != have:
+                            temp.unlink(missing_ok=True)  # a part we did not ask for: start again from the first byte
+                            raise Retry(response)
+                        resumed = status == 206
+                        expected = self.expected_size(response, have if resumed else 0)
+                        stalled = f"timeout (no data for {timeout:g} s)"
+                        watch.postpone(timeout)
+                        floor = RateFloor(self.min_rate, self.rate_window)
+                        with open(temp, "ab" if resumed else "wb") as target:
+                            # read1: what has arrived, at once (a part file holds every byte received, for a
+                            # resume, and the rate is measured as bytes come)
+                            while block := response.raw.read1(BLOCK, decode_content=True):
+                                if self.stop.is_set():
+                                    raise Cancelled(f"{what}: cancelled")
+                                watch.postpone(timeout)
+                                target.write(block)
+                                target.flush()
+                                self.progress.add(len(block))
+                                if slow := floor.add(len(block)):
+                                    raise Retry(Stalled(slow))
+                        if watch.expired:
+                            raise Retry(Stalled(stalled))
+                        size = temp.stat().st_size
+                        if expected is not None and size != expected:
+                            log.debug("%s: got %d of %d bytes", what, size, expected)
+                            if size > expected:
+                                temp.unlink()
+                            raise Retry(response)
+                        return local_name(sub_id, response.headers.get("Content-Disposition"), url, original), url
+                except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                        urllib3_errors().HTTPError) as error:
+                    raise Retry(Stalled(stalled) if watch.expired else error) from None
+                except requests.RequestException as error:  # its text may hold the signed link
+                    raise self.client.error(f"{what}: the storage request could not be made "
+                                            f"({type(error).__name__})") from None
 
         return self.client.retried(attempt, what)  # fetch() removes `temp` if this fails
 

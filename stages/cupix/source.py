@@ -61,7 +61,14 @@ class CupixSource(Source):
         Option("download_dir", path(), "where files are cached, relative to the config's folder",
                default=".cupix-cache"),
         Option("concurrency", integer(minimum=1, maximum=32), "parallel downloads", default=4),
-        Option("timeout", number(minimum=1), "seconds per request", default=60.0),
+        Option("timeout", number(minimum=1), "seconds: an API request must be answered in full within it, and a "
+               "download must start within it and never wait longer for its next byte (else it is retried)",
+               default=60.0),
+        Option("min_rate", number(minimum=0), "KB/s (1 KB = 1000 bytes): a download slower than this over "
+               "min_rate_window seconds is left and retried, resuming with Range where the storage allows it (then "
+               "after `retries` the run stops naming the sub); 0: no minimum", default=10.0),
+        Option("min_rate_window", number(minimum=1), "seconds over which min_rate is measured, one window after "
+               "another", default=30.0),
         Option("retries", integer(minimum=0, maximum=20), "retries of a failed request", default=5),
         Option("backoff", number(minimum=0), "seconds before the first retry (doubles each time)", default=0.5),
         Option("refresh", boolean(), "ignore the cache (the CLI's --refresh sets it)", default=False),
@@ -214,8 +221,9 @@ class CupixSource(Source):
             if not self._swept:  # the parts that dead runs left for subs this run does not fetch
                 self._swept = True
                 cache.sweep(self._keys)
-        downloader = Downloader(self.client(), cache, refresh=self.options["refresh"], stop=self._stop,
-                                progress=self._progress, since=self._since)
+        o = self.options
+        downloader = Downloader(self.client(), cache, refresh=o["refresh"], stop=self._stop, progress=self._progress,
+                                since=self._since, min_rate=o["min_rate"] * 1000, rate_window=o["min_rate_window"])
         return downloader.fetch(item.metadata["cupix"]["sub"], item.metadata["endpoint"], self._entries)
 
     def local_file(self, item):
