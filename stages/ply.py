@@ -4,6 +4,7 @@ import itertools
 import logging
 import math
 import os
+import re
 from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ PLY_NAME = {"i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort",
 ALIASES = {"diffuse_red": "red", "diffuse_green": "green", "diffuse_blue": "blue"}
 FORMATS = {"ascii": None, "binary_little_endian": "<", "binary_big_endian": ">"}
 MAX_HEADER = 1 << 20
+END_HEADER = re.compile(rb"(?:^|\n)(end_header)[ \t\r]*(?:\n|$)")  # a line of its own
 
 
 @dataclass
@@ -55,16 +57,22 @@ class PlyHeader:
         return next((e for e in self.elements if e.name == "vertex"), None)
 
 
+def ascii_name(where, what, name):
+    """An element or property name, which PLY keeps to printable ASCII (a byte beyond it is read as U+FFFD)."""
+    if not (name.isascii() and name.isprintable()):
+        raise SourceError(f"{where}: {what} name {ascii(name)} is not printable ASCII")
+    return name
+
+
 def parse_header(path) -> PlyHeader:
     with open(path, "rb") as handle:
         data = handle.read(MAX_HEADER)
     if not data.startswith(b"ply"):
         raise SourceError(f"{path}: not a PLY file (no 'ply' signature)")
-    end = data.find(b"end_header")
-    if end < 0:
-        raise SourceError(f"{path}: PLY header has no end_header in its first {MAX_HEADER} bytes")
-    newline = data.find(b"\n", end)
-    length = (newline + 1) if newline >= 0 else len(data)
+    found = END_HEADER.search(data)
+    if found is None:
+        raise SourceError(f"{path}: PLY header has no end_header line in its first {MAX_HEADER} bytes")
+    end, length = found.start(1), found.end()
     lines = data[:end].decode("ascii", errors="replace").splitlines()
     file_format, elements, comments = None, [], []
     for number, line in enumerate(lines[1:], start=2):
@@ -81,14 +89,15 @@ def parse_header(path) -> PlyHeader:
         elif words[0] == "element":
             if len(words) != 3 or not words[2].isdigit():
                 raise SourceError(f"{where}: expected 'element NAME COUNT', got {line.strip()!r}")
-            elements.append(Element(words[1], int(words[2])))
+            elements.append(Element(ascii_name(where, "element", words[1]), int(words[2])))
         elif words[0] == "property":
             if not elements:
                 raise SourceError(f"{where}: property before any element")
             if len(words) == 5 and words[1] == "list" and words[2] in TYPES and words[3] in TYPES:
-                elements[-1].properties.append((words[4], ("list", TYPES[words[2]], TYPES[words[3]])))
+                elements[-1].properties.append((ascii_name(where, "property", words[4]),
+                                                ("list", TYPES[words[2]], TYPES[words[3]])))
             elif len(words) == 3 and words[1] in TYPES:
-                elements[-1].properties.append((words[2], TYPES[words[1]]))
+                elements[-1].properties.append((ascii_name(where, "property", words[2]), TYPES[words[1]]))
             else:
                 raise SourceError(f"{where}: unsupported property {line.strip()!r}")
         else:

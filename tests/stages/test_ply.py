@@ -252,3 +252,22 @@ def test_a_huge_element_count_before_the_vertices_ends_at_the_end_of_the_file(tm
         read_all(tmp_path / "b.ply")
     assert str(error.value) == (f"{tmp_path / 'b.ply'}: PLY header promises 3 vertices but the file holds 0 "
                                 "(`truncated: read` reads what is there)")
+
+
+def test_a_property_name_that_is_not_ascii_is_refused(tmp_path):
+    # found by tests/test_fuzz.py: the name became 'j\ufffd' and sink.ply could not write it back
+    path = tmp_path / "c.ply"
+    path.write_bytes(b"ply\nformat ascii 1.0\nelement vertex 1\nproperty float x\nproperty float y\n"
+                     b"property int j\xff\nend_header\n1 2 3\n")
+    with pytest.raises(SourceError) as error:
+        parse_header(path)
+    assert str(error.value) == f"{path}: PLY header line 6: property name 'j\\ufffd' is not printable ASCII"
+
+
+def test_end_header_must_be_a_line_of_its_own(tmp_path):
+    path = tmp_path / "c.ply"
+    path.write_bytes(b"ply\nformat ascii 1.0\ncomment see end_header below\nelement vertex 1\nproperty float x\n"
+                     b"property float y\nproperty int jend_header\n1 2 3\n")
+    with pytest.raises(SourceError) as error:
+        parse_header(path)
+    assert str(error.value) == f"{path}: PLY header has no end_header line in its first 1048576 bytes"
