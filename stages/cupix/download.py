@@ -1,6 +1,8 @@
 """Downloading sub files: the storage link is fetched without the token, streamed to a temporary file,
 resumed with Range where the storage allows it, checked against Content-Length and renamed into place.
-A manifest in the download folder records what is there, so an unchanged sub is not fetched again."""
+A manifest in the download folder records what is there, so an unchanged sub is not fetched again; it
+is checked, not trusted. Runs sharing the folder take turns per sub (a lock file each), and a partial
+file that a dead run left is resumed or removed."""
 import contextlib
 import fcntl
 import hashlib
@@ -195,6 +197,7 @@ class Cache:
 
     @staticmethod
     def _acquire(path, stop, waiting, wait):
+        """The open, flock-ed lock file at `path` (None when held elsewhere and not `wait`)."""
         while True:
             handle = open(path, "a+", encoding="utf-8")
             try:
@@ -239,7 +242,7 @@ class Cache:
             old = manifest["files"].get(str(sub_id))
             if old and old.get("file") != file_record["file"]:
                 stale = self.member(old.get("file"))
-                in_use = {r.get("file") for k, r in manifest["files"].items() if k != str(sub_id)}
+                in_use = {str(r.get("file")) for k, r in manifest["files"].items() if k != str(sub_id)}
                 if stale is not None and stale.name not in in_use:
                     with contextlib.suppress(OSError):
                         stale.unlink()

@@ -58,8 +58,8 @@ class CupixSource(Source):
         Option("pointcloud_type", choice(*TYPES), "which point clouds", default="all"),
         Option("names", list_of(text(), min_length=1), "glob filters on sub names, e.g. ['*.las']", default=None),
         Option("states", list_of(text(), min_length=1), "states to keep", default=["done"]),
-        Option("download_dir", path(), "where files are cached, relative to the config's folder",
-               default=".cupix-cache"),
+        Option("download_dir", path(), "where files are cached, relative to the config's folder (runs may share "
+               "it: they take turns per sub)", default=".cupix-cache"),
         Option("concurrency", integer(minimum=1, maximum=32), "parallel downloads", default=4),
         Option("timeout", number(minimum=1), "seconds: an API request must be answered in full within it, and a "
                "download must start within it and never wait longer for its next byte (else it is retried)",
@@ -71,7 +71,8 @@ class CupixSource(Source):
                "another", default=30.0),
         Option("retries", integer(minimum=0, maximum=20), "retries of a failed request", default=5),
         Option("backoff", number(minimum=0), "seconds before the first retry (doubles each time)", default=0.5),
-        Option("refresh", boolean(), "ignore the cache (the CLI's --refresh sets it)", default=False),
+        Option("refresh", boolean(), "ignore the cache: download every sub again, except a file that another run "
+               "downloaded after this one started (the CLI's --refresh sets it)", default=False),
     )
     template_fields = ("name", "id", "index", "sub", "group", "capture")
 

@@ -90,6 +90,7 @@ class Watchdog:
             watch.finish()
             with self._condition:
                 self._watches.discard(watch)
+                self._condition.notify()  # the thread ends at once when no watch is left
 
     def _run(self):
         with self._condition:
