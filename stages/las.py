@@ -75,8 +75,11 @@ def truncation(path, claimed, held, truncated, where=""):
 
 
 def check_numbers(path, head):
-    """The scales and offsets must make finite coordinates of every stored integer; the header bounds are
-    only a hint, and non-finite ones are left out (with a warning). Returns (warnings, bounds usable)."""
+    """The scales and offsets must make finite coordinates of every stored integer, each a scale step from
+    the next (a scale finer than float64 holds at the offset gives every point the same coordinate). The header
+    bounds are only a hint, which sinks choose their offsets from: bounds no point can have (not finite, beyond
+    what the integers reach, or a minimum above its maximum) are left out, with a warning. Returns (warnings,
+    bounds usable)."""
     scales = struct.unpack_from("<3d", head, AXES_SCALES)
     offsets = struct.unpack_from("<3d", head, AXES_OFFSETS)
     for axis, scale, offset in zip(XYZ, scales, offsets):
@@ -85,13 +88,20 @@ def check_numbers(path, head):
                               "number other than 0")
         if not math.isfinite(offset):
             raise SourceError(f"{path}: corrupt LAS header: {axis} offset is {offset:g}; it must be a finite number")
-        if not math.isfinite(abs(scale) * 2 ** 31 + abs(offset)):
+        reach = abs(scale) * 2 ** 31 + abs(offset)
+        if not math.isfinite(reach):
             raise SourceError(f"{path}: corrupt LAS header: {axis} scale factor {scale:g} and offset {offset:g} give "
                               "coordinates that are not finite numbers")
-    bounds = struct.unpack_from("<6d", head, HEADER_BOUNDS)
-    if all(map(math.isfinite, bounds)):
-        return [], True
-    return ["header bounds are not all finite numbers; they are left out"], False
+        if math.ulp(reach) > abs(scale):
+            raise SourceError(f"{path}: corrupt LAS header: {axis} scale factor {scale:g} is finer than 64-bit floats "
+                              f"can hold at offset {offset:g} (they are {math.ulp(reach):g} apart there)")
+    bounds = struct.unpack_from("<6d", head, HEADER_BOUNDS)  # max x, min x, max y, min y, max z, min z
+    for index, (scale, offset) in enumerate(zip(scales, offsets)):
+        high, low = bounds[2 * index], bounds[2 * index + 1]
+        reach = abs(scale) * (2 ** 31 + 1)
+        if not offset - reach <= low <= high <= offset + reach:  # also false for NaN
+            return ["header bounds are not within what its scale and offset can store; they are left out"], False
+    return [], True
 
 
 def check_header(path, truncated="error") -> HeaderCheck:

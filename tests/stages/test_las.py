@@ -361,3 +361,32 @@ def test_a_laz_whose_chunk_table_or_size_would_make_lazrs_abort_is_one_line(tmp_
     done = cli("run", config, "-q")
     assert (done.returncode, done.stderr) == (1, f"error: {path}: {message}\n")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("offset, value, message", [
+    (155, 1e308, "x scale factor 0.001 is finer than 64-bit floats can hold at offset 1e+308 (they are 1.99584e+292 "
+                 "apart there)"),
+    (147, 5e-324, "z scale factor 4.94066e-324 is finer than 64-bit floats can hold at offset 9 (they are "
+                  "1.77636e-15 apart there)"),
+])
+def test_a_scale_finer_than_floats_hold_at_the_offset_is_refused(tmp_path, offset, value, message):
+    # every point would silently get the same coordinate (found by tests/test_fuzz.py)
+    path = patched_las(tmp_path, {offset: ("<d", value)}, points=10)
+    data = bytearray(path.read_bytes())
+    struct.pack_into("<d", data, 171, 9.0)  # z offset
+    path.write_bytes(bytes(data))
+    with pytest.raises(SourceError) as error:
+        check_header(path)
+    assert str(error.value) == f"{path}: corrupt LAS header: {message}"
+
+
+@pytest.mark.parametrize("offset, value", [(219, 1e308), (179, float("nan")), (187, -1e300)])
+def test_header_bounds_its_points_cannot_have_are_left_out_with_a_warning(tmp_path, caplog, offset, value):
+    # sinks choose their offsets from these bounds (found by tests/test_fuzz.py: a min z of 1e308)
+    path = patched_las(tmp_path, {offset: ("<d", value)})
+    with caplog.at_level("WARNING"):
+        with read_las(path, 100) as stream:
+            assert stream.info.bounds is None
+            assert len(np.concatenate(list(stream.chunks))) == 10
+    assert caplog.messages == [f"{path}: header bounds are not within what its scale and offset can store; they are "
+                               "left out"]
