@@ -4,8 +4,8 @@ per socket read, so a server that sends one byte every few seconds holds a reque
 `Watchdog.watch(seconds)` marks the requests that its block makes; when the deadline passes (it can be
 postponed, e.g. each time a download receives data), a thread shuts the request's socket down, which wakes
 the read blocked on it, and the watch says it `expired`. The sockets are found through the connection
-classes of the sessions that `watched_session` makes (a proxied or injected session is not cut, but its
-caller still sees `expired` once the request returns).
+classes of the sessions that `watched_session` makes, directly or through an HTTP proxy (a request through
+a SOCKS proxy or an injected session is not cut, but its caller still sees `expired` once it returns).
 """
 import contextlib
 import contextvars
@@ -15,7 +15,7 @@ import threading
 import time
 
 import requests
-from urllib3 import connection, connectionpool
+from urllib3 import connection, connectionpool, poolmanager
 
 CURRENT = contextvars.ContextVar("cupix_watch", default=None)
 
@@ -145,6 +145,12 @@ class WatchedAdapter(requests.adapters.HTTPAdapter):
     def init_poolmanager(self, *args, **kwargs):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = POOLS
+
+    def proxy_manager_for(self, proxy, **proxy_kwargs):
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is poolmanager.ProxyManager:  # a SOCKS manager keeps its own pools (and is not cut)
+            manager.pool_classes_by_scheme = POOLS
+        return manager
 
 
 def watched_session():

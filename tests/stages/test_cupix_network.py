@@ -87,7 +87,7 @@ def test_a_trickling_api_times_out_in_one_line(capture):
         outcome, seconds = in_time(lambda: client.pointcloud("5310"))
     assert str(outcome["error"]) == "GET /pointclouds/5310 failed after 2 attempts: last timeout (no complete answer " \
                                     "within 1 s)"
-    assert isinstance(outcome["error"], CupixError) and 2 <= seconds < 4
+    assert isinstance(outcome["error"], CupixError) and 2 <= seconds < 6
 
 
 def downloader(stand_in, folder, **options):
@@ -108,7 +108,7 @@ def test_a_storage_that_goes_too_slow_is_left_and_resumed(tmp_path, capture):
         ranges = [r.headers.get("range") for r in stand_in.storage_requests()]
     assert outcome["value"].read_bytes() == files["5311"][1]
     assert ranges[0] is None and ranges[1].startswith("bytes=200") and int(ranges[1][6:-1]) >= 20000
-    assert len(ranges) == 2 and seconds < 3
+    assert len(ranges) == 2 and seconds < 6
 
 
 def test_a_storage_that_stops_sending_is_left_after_timeout_and_resumed(tmp_path, capture):
@@ -117,7 +117,7 @@ def test_a_storage_that_stops_sending_is_left_after_timeout_and_resumed(tmp_path
         outcome, seconds = in_time(fetch(stand_in, tmp_path, "5311", min_rate=0))
         ranges = [r.headers.get("range") for r in stand_in.storage_requests()]
     assert outcome["value"].read_bytes() == files["5311"][1]
-    assert ranges == [None, "bytes=20000-"] and seconds < 3
+    assert ranges == [None, "bytes=20000-"] and seconds < 6
 
 
 def test_a_storage_that_always_trickles_fails_naming_the_sub(tmp_path, capture):
@@ -126,7 +126,7 @@ def test_a_storage_that_always_trickles_fails_naming_the_sub(tmp_path, capture):
         outcome, seconds = in_time(fetch(stand_in, tmp_path, "5311", min_rate=50_000, rate_window=1, retries=1))
     assert str(outcome["error"]) == ("pointcloud 5311 (scan one.las): storage download from /pointclouds/5311/download "
                                      "failed after 2 attempts: last too slow (0.0 KB/s over 1 s; min_rate 50 KB/s)")
-    assert seconds < 4
+    assert seconds < 6
     assert [name for name in os.listdir(tmp_path) if name.startswith(".") and name != ".manifest.lock"] == []
 
 
@@ -142,4 +142,12 @@ def test_min_rate_and_its_window_are_options_of_the_stage(tmp_path, capture):
     assert done.stderr.splitlines()[-1] == (
         "error: pointcloud 5311 (scan one.las): storage download from /pointclouds/5311/download failed after 2 "
         "attempts: last too slow (0.0 KB/s over 1 s; min_rate 50 KB/s)")
-    assert time.monotonic() - started < 8
+    assert time.monotonic() - started < 15
+
+
+def test_requests_through_an_http_proxy_can_be_cut_too():
+    from stages.cupix.watchdog import POOLS, WatchedAdapter
+
+    adapter = WatchedAdapter()
+    assert adapter.proxy_manager_for("http://127.0.0.1:3128").pool_classes_by_scheme == POOLS
+    assert adapter.poolmanager.pool_classes_by_scheme == POOLS
