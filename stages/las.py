@@ -284,6 +284,32 @@ def chunk_dtype(point_format):
     return np.dtype(fields)
 
 
+def laid_out(path, point_format):
+    """chunk_dtype, for a point format read from a file: extra-bytes dimensions that cannot be laid out (no
+    bytes, a name that is not printable ASCII or that another dimension has) are refused naming them."""
+    names = set(XYZ)
+    for dimension in point_format.dimensions:
+        name = dimension.name
+        if dimension.is_standard or name in ("X", "Y", "Z"):
+            names.add(name)
+            continue
+        if not (name.isascii() and name.isprintable()):
+            raise SourceError(f"{path}: corrupt LAS header: extra bytes dimension name {ascii(name)} is not printable "
+                              "ASCII")
+        if not dimension.num_elements or not dimension.num_bits:
+            raise SourceError(f"{path}: corrupt LAS header: extra bytes dimension {name!r} has no bytes")
+        if name in names:
+            raise SourceError(f"{path}: corrupt LAS header: extra bytes dimension {name!r} has the name of another "
+                              "dimension")
+        names.add(name)
+    try:
+        point_format.dtype()
+        return chunk_dtype(point_format)
+    except Exception as error:  # whatever else laspy cannot make of the extra-bytes VLR
+        raise SourceError(f"{path}: corrupt LAS header: its point records cannot be laid out: {described(error)}") \
+            from error
+
+
 def stored_xyz(records):
     """The X, Y, Z integers of LAS point records (the first three fields of every point format) as a
     (3, n) int32 view, writable when the records are."""
@@ -459,7 +485,7 @@ def read_las(path, chunk_size, truncated="error"):
             if header.point_format.id in WAVEFORM_FORMATS:
                 log.warning("%s: point format %d: the wave packet fields are kept, the waveform data itself is not",
                             path, header.point_format.id)
-            dtype = chunk_dtype(header.point_format)
+            dtype = laid_out(path, header.point_format)
             bounds = None
             if header.point_count and checked.bounds_usable:
                 from pipeline.model import Bounds

@@ -390,3 +390,35 @@ def test_header_bounds_its_points_cannot_have_are_left_out_with_a_warning(tmp_pa
             assert len(np.concatenate(list(stream.chunks))) == 10
     assert caplog.messages == [f"{path}: header bounds are not within what its scale and offset can store; they are "
                                "left out"]
+
+
+def las_with_extra_bytes(tmp_path, data_type=None, name=None):
+    """A LAS 1.4 file with an extra dimension `temp` (uint16), its description then changed in the VLR."""
+    header = laspy.LasHeader(version="1.4", point_format=6)
+    header.add_extra_dims([laspy.ExtraBytesParams(name="temp", type="u2")])
+    data = laspy.LasData(header)
+    data.x, data.y, data.z = [1.0, 2.0], [3.0, 4.0], [5.0, 6.0]
+    data.temp = np.array([7, 8], np.uint16)
+    data.write(str(tmp_path / "x.las"))
+    raw = bytearray((tmp_path / "x.las").read_bytes())
+    at = raw.index(b"temp\0") - 4  # the start of its extra-bytes description
+    if data_type is not None:
+        raw[at + 2], raw[at + 3] = data_type, 0  # type 0 takes its size from the options byte: 0 bytes
+    if name is not None:
+        raw[at + 4:at + 36] = name.ljust(32, b"\0")
+    (tmp_path / "x.las").write_bytes(bytes(raw))
+    return tmp_path / "x.las"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"data_type": 0}, "extra bytes dimension 'temp' has no bytes"),
+    ({"name": b"x"}, "extra bytes dimension 'x' has the name of another dimension"),
+    ({"name": b"t\xc3\xa9mp"}, "extra bytes dimension name 't\\xe9mp' is not printable ASCII"),
+])
+def test_extra_bytes_descriptions_laspy_cannot_lay_out_are_named(tmp_path, change, message):
+    # found by tests/test_fuzz.py: a zeroed description made laspy divide by zero (an internal error)
+    path = las_with_extra_bytes(tmp_path, **change)
+    with pytest.raises(SourceError) as error:
+        with read_las(path, 100) as stream:
+            list(stream.chunks)
+    assert str(error.value) == f"{path}: corrupt LAS header: {message}"
