@@ -100,6 +100,9 @@ def parse_header(path) -> PlyHeader:
                 elements[-1].properties.append((ascii_name(where, "property", words[2]), TYPES[words[1]]))
             else:
                 raise SourceError(f"{where}: unsupported property {line.strip()!r}")
+            if [name for name, _ in elements[-1].properties].count(elements[-1].properties[-1][0]) > 1:
+                raise SourceError(f"{where}: property {elements[-1].properties[-1][0]!r} appears twice in element "
+                                  f"{elements[-1].name!r}")
         else:
             raise SourceError(f"{where}: unexpected {words[0]!r}")
     if file_format is None:
@@ -135,8 +138,9 @@ def vertex_layout(header):
 def convert(records, chunk_dtype, renamed):
     import numpy as np
     chunk = np.zeros(len(records), chunk_dtype)
-    for name in records.dtype.names:
-        chunk[renamed[name]] = records[name]
+    with np.errstate(invalid="ignore"):  # a signalling NaN becomes a quiet one (coordinates are checked after)
+        for name in records.dtype.names:
+            chunk[renamed[name]] = records[name]
     return chunk
 
 

@@ -271,3 +271,27 @@ def test_end_header_must_be_a_line_of_its_own(tmp_path):
     with pytest.raises(SourceError) as error:
         parse_header(path)
     assert str(error.value) == f"{path}: PLY header has no end_header line in its first 1048576 bytes"
+
+
+def test_a_property_named_twice_is_refused(tmp_path):
+    # found by tests/test_fuzz.py: numpy refused the layout (an internal error)
+    path = ascii_ply(tmp_path / "c.ply", XYZ_FLOAT + [("float", "y")], ["1 2 3 4"])
+    with pytest.raises(SourceError) as error:
+        parse_header(path)
+    assert str(error.value) == f"{path}: PLY header line 8: property 'y' appears twice in element 'vertex'"
+
+
+def test_signalling_nans_in_binary_data_give_no_numpy_warning(tmp_path):
+    # found by tests/test_fuzz.py: converting a float32 signalling NaN printed "invalid value encountered in cast"
+    import warnings
+    records = np.zeros(3, [("x", "f4"), ("y", "f4"), ("z", "f4"), ("scalar", "f4")])
+    records["scalar"].view("u4")[1] = 0x7FA00000  # a signalling NaN: kept, it is not a coordinate
+    write_binary_ply(tmp_path / "c.ply", records, "<")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(np.concatenate(read_all(tmp_path / "c.ply"))["scalar"][1])
+        records["z"].view("u4")[2] = 0x7FA00000
+        write_binary_ply(tmp_path / "c.ply", records, "<")
+        with pytest.raises(SourceError) as error:
+            read_all(tmp_path / "c.ply")
+    assert str(error.value) == f"{tmp_path / 'c.ply'}: vertex 3: z nan is not a finite number"
