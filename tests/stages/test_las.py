@@ -422,3 +422,26 @@ def test_extra_bytes_descriptions_laspy_cannot_lay_out_are_named(tmp_path, chang
         with read_las(path, 100) as stream:
             list(stream.chunks)
     assert str(error.value) == f"{path}: corrupt LAS header: {message}"
+
+
+def test_a_sink_error_on_the_fast_path_leaves_no_reading_thread_behind(tmp_path, registry):
+    # found by tests/test_fuzz.py: the read-ahead thread and its open file lived on until garbage collection
+    import gc
+    import threading
+    make_las(tmp_path / "a.las", [[i * 10.0, 0, 0] for i in range(100_000)])
+    gc.disable()
+    try:
+        with pytest.raises(SinkError, match="do not fit LAS 32-bit integers"):
+            run(tmp_path, registry, """
+                version: 1
+                stages:
+                  - type: source.files
+                    paths: [a.las]
+                  - type: sink.las
+                    path: out/{name}.las
+                    scale: 0.000001
+                    offset: [0, 0, 0]
+            """)
+        assert [t.name for t in threading.enumerate() if t.name == "las-read-ahead"] == []
+    finally:
+        gc.enable()
