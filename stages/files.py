@@ -237,8 +237,9 @@ class FilesSource(Source):
                default=None),
         Option("metadata", path(), "a Cupix pointcloud listing (JSON) describing these files, for "
                "transform.align; each file is matched to a sub by name, original file name or id", default=None),
-        Option("truncated", choice("error", "read"), "a LAS, LAZ or PLY file holding fewer points than its header "
-               "claims: error (stop the run), or read the points it holds, with a warning", default="error"),
+        Option("truncated", choice("error", "read"), "a LAS or PLY file holding fewer points than its header "
+               "claims: error (stop the run), or read the points it holds, with a warning (a LAZ file cut short is "
+               "always an error: its chunk table, at its end, is gone)", default="error"),
     )
     template_fields = ("name", "id", "stem", "index")
 
