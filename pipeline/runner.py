@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
-from .background import ahead
+from .background import ahead, signals_deferred
 from .errors import PipelineError, SinkError
 from .memory import keep_freed_memory
 from .model import Bounds, Item, copy_records, union_bounds
@@ -488,12 +488,16 @@ class Runner:
         return bounds
 
     def _run_in_workers(self, plan, staging):
+        # Workers are forked: a process forked after lazrs has run its thread pool hangs in that pool, which the
+        # command line never does (its main process reads no LAZ points before the workers start)
         context = multiprocessing.get_context("fork")
         queue = context.SimpleQueue()
         results = []
-        pool = context.Pool(min(self.jobs, len(plan.items)), initializer=_worker_init,
-                            initargs=(self.stages, staging, plan, queue, self.fast_path, os.getpid()))
+        pool = None
         try:
+            with signals_deferred():  # a worker forked with the main process's handler would raise on Ctrl-C
+                pool = context.Pool(min(self.jobs, len(plan.items)), initializer=_worker_init,
+                                    initargs=(self.stages, staging, plan, queue, self.fast_path, os.getpid()))
             pending = pool.imap_unordered(_worker_run, plan.items)
             while len(results) < len(plan.items):
                 try:
@@ -505,8 +509,9 @@ class Runner:
                     self.progress.advance(queue.get())
             pool.close()
         finally:
-            pool.terminate()
-            pool.join()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
         return results
 
 
