@@ -12,7 +12,9 @@ from pipeline.errors import PipelineError
 from tests.conftest import CONFORMANCE, run, write_config
 from tests.plyfile_plain import read_plain_ply
 
-LAS_FILES = sorted(p.relative_to(CONFORMANCE).as_posix() for p in CONFORMANCE.glob("la[sz]/*.la[sz]"))
+TRUNCATED = "las/1.2-no-points.las"  # its header claims 1065 points, and it holds none
+LAS_FILES = [p for p in sorted(p.relative_to(CONFORMANCE).as_posix() for p in CONFORMANCE.glob("la[sz]/*.la[sz]"))
+             if p != TRUNCATED]
 PLY_FILES = [p for p in sorted(p.relative_to(CONFORMANCE).as_posix() for p in CONFORMANCE.glob("ply/*.ply"))
              if p != "ply/no_vertex.ply"]
 
@@ -113,8 +115,10 @@ def test_a_file_without_vertices_is_refused(tmp_path, registry, conformance):
     ("las/1.2-no-points.las", ["header claims 1065 points but the file holds 0; reading 0"], 0),
 ])
 def test_broken_headers_are_read_with_a_warning(tmp_path, registry, conformance, caplog, name, warnings, points):
+    """With `truncated: read`: a file that holds fewer points than its header claims is otherwise an error."""
     with caplog.at_level(logging.WARNING):
-        results = convert(tmp_path, registry, conformance / name, [("sink.las", ".las"), ("sink.ply", ".ply")])
+        results = convert(tmp_path, registry, conformance / name, [("sink.las", ".las"), ("sink.ply", ".ply")],
+                          extra="    truncated: read\n")
     assert [r.getMessage() for r in caplog.records] == [f"{conformance / name}: {w}" for w in warnings]
     assert results[0].points_out == points
     written = laspy.read(tmp_path / "out" / f"{(conformance / name).stem}.las")
@@ -122,20 +126,35 @@ def test_broken_headers_are_read_with_a_warning(tmp_path, registry, conformance,
     assert written.header.point_count == points
 
 
-def test_the_hanging_file_does_not_hang_the_cli(tmp_path, conformance):
+@pytest.mark.parametrize("truncated", ["error", "read"])
+def test_the_hanging_file_does_not_hang_the_cli(tmp_path, conformance, truncated):
+    source = conformance / "bad/garbage_nVariableLength.las"
     config_path = write_config(tmp_path, f"""
         version: 1
         stages:
           - type: source.files
-            paths: ["{conformance / 'bad/garbage_nVariableLength.las'}"]
+            paths: ["{source}"]
+            truncated: {truncated}
           - type: sink.las
             path: out/{{name}}.laz
     """)
     done = subprocess.run([sys.executable, "-m", "pipeline", "run", "-q", str(config_path)],
                           capture_output=True, text=True, timeout=60)
+    if truncated == "error":
+        assert (done.returncode, done.stderr) == (1, f"error: {source}: header claims 719 points but the file holds "
+                                                     "718 (`truncated: read` reads what is there)\n")
+        assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+        return
     assert done.returncode == 0
     assert "Traceback" not in done.stderr
     assert len(laspy.read(tmp_path / "out/garbage_nVariableLength.laz").points) == 718
+
+
+def test_a_file_holding_fewer_points_than_its_header_claims_is_an_error(tmp_path, registry, conformance):
+    with pytest.raises(PipelineError) as error:
+        convert(tmp_path, registry, conformance / TRUNCATED, [("sink.las", ".las")])
+    assert str(error.value) == (f"{conformance / TRUNCATED}: header claims 1065 points but the file holds 0 "
+                                "(`truncated: read` reads what is there)")
 
 
 def test_empty_clouds_give_valid_empty_files(tmp_path, registry, conformance):

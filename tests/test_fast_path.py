@@ -31,6 +31,7 @@ def run_both(tmp_path, registry, source, chunk_size=1000, sinks=EVERY_SINK, chec
               - type: source.files
                 paths: ["{source}"]
                 chunk_size: {chunk_size}
+                truncated: read
               - type: transform.matrix
                 matrix: {MOVE}{sinks}
         """, fast_path=fast, checksums=checksums)
