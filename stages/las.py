@@ -695,9 +695,10 @@ class LasWriter(Writer):
             return np.empty((3, 0)), []
         self.fix_offsets(coordinates)
         scales, offsets = self.header.scales, self.header.offsets
-        values = np.subtract(coordinates.xyz, offsets[:, None])
-        values /= scales[:, None]
-        np.rint(values, out=values)
+        with np.errstate(over="ignore", invalid="ignore"):  # what does not fit is refused below, in one line
+            values = np.subtract(coordinates.xyz, offsets[:, None])
+            values /= scales[:, None]
+            np.rint(values, out=values)
         lows, highs = values.min(axis=1), values.max(axis=1)
         for index, axis in enumerate(XYZ):
             if not (INT32_MIN <= lows[index] and highs[index] <= INT32_MAX):  # also false for NaN

@@ -463,12 +463,23 @@ class PlyWriter(Writer):
             for i in range(values.shape[1]):
                 column_values = values[:, i]
                 if name in XYZ and self.offset is not None:
-                    column_values = column_values - self.offset[XYZ.index(name)]
+                    column_values = self.shifted(name, column_values)
                 elif name in COLOURS:
                     column_values = self.colours.convert(name, column_values)
                 records[self.columns[column][0]] = column_values
                 column += 1
         return records
+
+    def shifted(self, axis, values):
+        """x, y or z minus the offset, as the float the file stores; refused when a value would not fit it
+        (it would be written as inf)."""
+        import numpy as np
+        offset = self.offset[XYZ.index(axis)]
+        moved = values - offset
+        if len(moved) and not np.abs(moved).max() <= np.finfo(np.float32).max:  # also true for NaN
+            raise SinkError(f"{self.where}: {axis} values {values.min()}..{values.max()} minus the offset {offset} "
+                            "do not fit the float that `offset` writes; leave `offset` out to write doubles")
+        return moved
 
     def las_copies(self, view):
         """How the columns that raw LAS records (a RecordView) hold as the file does are filled (see

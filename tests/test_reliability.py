@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -329,3 +330,50 @@ def test_ctrl_c_to_the_process_group_at_random_moments_always_exits_130_or_finis
             assert files_in(folder / "out") == [], described
         outcomes.append(process.returncode)
     assert outcomes.count(130) >= 40  # the moments fell inside the runs
+
+
+# --- values a sink cannot store: one line, never a numpy warning or a wrong value ---------------------
+
+def test_coordinates_that_overflow_the_las_integers_are_one_line_without_numpy_warnings(tmp_path):
+    make_las(tmp_path / "tiny.las", [[0, 0, 0], [0, 0, 0]], scale=0.001, offset=[0, 0, 0])
+    data = bytearray((tmp_path / "tiny.las").read_bytes())
+    struct.pack_into("<3d", data, 131, 1e-300, 1e-300, 1e-300)  # exact, tiny coordinates
+    (tmp_path / "tiny.las").write_bytes(bytes(data))
+    path = write_config(tmp_path, """
+        version: 1
+        stages:
+          - type: source.files
+            paths: [tiny.las]
+          - type: transform.matrix
+            matrix: [[1, 0, 0, 1000000000], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]
+          - type: sink.las
+            path: out/{name}.las
+            offset: [0, 0, 0]
+    """)
+
+    done = cli("run", "-q", path, cwd=tmp_path)
+
+    assert (done.returncode, done.stderr) == (
+        1, "error: stages[2] (sink.las): tiny: x values 1000000000.0..1000000000.0 do not fit LAS 32-bit integers "
+           "with scale 1e-300 and offset 0\n")
+
+
+def test_coordinates_beyond_a_ply_float_with_an_offset_are_refused(tmp_path):
+    header = "ply\nformat ascii 1.0\nelement vertex 2\nproperty double x\nproperty double y\nproperty double z\nend_header\n"
+    (tmp_path / "far.ply").write_text(header + "0 0 0\n1e39 0 0\n")
+    path = write_config(tmp_path, """
+        version: 1
+        stages:
+          - type: source.files
+            paths: [far.ply]
+          - type: sink.ply
+            path: out/{name}.ply
+            offset: auto
+    """)
+
+    done = cli("run", "-q", path, cwd=tmp_path)
+
+    assert (done.returncode, done.stderr) == (
+        1, "error: stages[1] (sink.ply): far: x values 0.0..1e+39 minus the offset 0.0 do not fit the float that "
+           "`offset` writes; leave `offset` out to write doubles\n")
+    assert files_in(tmp_path / "out") == []
