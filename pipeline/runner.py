@@ -162,6 +162,8 @@ def merged_info(infos):
         facts = {"las": {**las[0], "header": header, "merged": True}}
         if len({(f["header"].point_format.id, tuple(f["header"].scales)) for f in las}) > 1:
             log.info("merge: the items have different LAS layouts; writing scale %s", header.scales.tolist())
+    if "created" in infos[0].format_facts:  # the first item's date
+        facts["created"] = infos[0].format_facts["created"]
     counts = [info.point_count for info in infos]
     return replace(infos[0], dtype=np.dtype(list(fields.items())), bounds=bounds,
                    point_count=sum(counts) if None not in counts else None, format_facts=facts,

@@ -1,5 +1,6 @@
 """LAS and LAZ: a streaming reader that checks the header before laspy sees it, and `sink.las`."""
 import copy
+import datetime
 import functools
 import io
 import logging
@@ -26,6 +27,7 @@ READ_AHEAD = 1  # blocks read while the previous one is processed
 LAZ_BATCH = 1 << 20  # points handed to lazrs at once: enough chunks for its parallel compression
 RAW_BLOCK = 1 << 15  # points per raw block: a few numpy calls per block, each over data that stays in cache
 HEADER_MIN_SIZE = 227
+CREATION_FIELD = 90  # the header's creation day of year and year, two unsigned shorts
 VLR_HEADER_SIZE = 54
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 DEFAULT_SCALE = 0.001
@@ -50,6 +52,7 @@ class HeaderCheck:
     warnings: list = field(default_factory=list)
     patches: dict = field(default_factory=dict)  # file offset -> replacement bytes
     bounds_usable: bool = True  # False when the header's bounds are not finite numbers
+    created: tuple = (0, 0)  # the creation (year, day of year) as stored, 0 when unset
 
 
 TRUNCATED = ("error", "read")  # what to do with a file holding fewer points than its header claims
@@ -139,6 +142,7 @@ def check_header(path, truncated="error") -> HeaderCheck:
                               f"point format {point_format} ({FORMAT_SIZES[point_format]} bytes)")
         compressed = bool(format_byte & 0x80) and not format_byte & 0x40  # as laspy tells a LAZ file
         result = HeaderCheck(f"{major}.{minor}", point_format, compressed, legacy_count)
+        result.created = struct.unpack_from("<HH", head, 90)[::-1]
         number_warnings, result.bounds_usable = check_numbers(path, head)
         result.warnings += number_warnings
         position, fitting, laszip = header_size, 0, None
@@ -490,7 +494,8 @@ def read_las(path, chunk_size, truncated="error"):
             if header.point_count and checked.bounds_usable:
                 from pipeline.model import Bounds
                 bounds = Bounds(tuple(map(float, header.mins)), tuple(map(float, header.maxs)))
-            facts = {"las": {"header": header, "evlrs": list(reader.evlrs or []), "compressed": checked.compressed}}
+            facts = {"las": {"header": header, "evlrs": list(reader.evlrs or []), "compressed": checked.compressed},
+                     "created": checked.created}
             info = StreamInfo(dtype=dtype, source_format="laz" if checked.compressed else "las",
                               point_count=header.point_count, bounds=bounds, format_facts=facts)
 
@@ -580,6 +585,22 @@ def compress_into(point_writer, points, done):
         done.set_exception(error)
 
 
+def creation_date(info):
+    """The (year, day of year) a LAS output's header gives as its creation: the input's own, as it stores it
+    (0 when unset), else the day of SOURCE_DATE_EPOCH (the reproducible-builds convention), else unset (0, 0),
+    so that the same inputs give the same bytes on any day."""
+    if "created" in info.format_facts:
+        return tuple(info.format_facts["created"])
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if not epoch:
+        return 0, 0
+    try:
+        day = datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc).timetuple()
+    except (ValueError, OverflowError, OSError):
+        raise SinkError(f"SOURCE_DATE_EPOCH={epoch!r}: expected seconds since 1970-01-01 (an integer)") from None
+    return day.tm_year, day.tm_yday
+
+
 class LasWriter(Writer):
     def __init__(self, sink, item, info, temp, compress):
         self.sink, self.item, self.info, self.temp, self.compress = sink, item, info, temp, compress
@@ -591,6 +612,7 @@ class LasWriter(Writer):
         self.batch, self.batched = None, 0  # LAZ records waiting for a bigger write (see store)
         self.spare, self.compressing = None, None  # the other batch buffer; the batch lazrs is compressing
         self.offsets_fixed = self.header_offsets_known(info)
+        self.created = creation_date(info)
         self.file = None
 
     def make_header(self, info):
@@ -831,6 +853,9 @@ class LasWriter(Writer):
             if self.evlrs:
                 self.writer.write_evlrs(self.laspy.vlrs.vlrlist.VLRList(self.evlrs))
             self.writer.close()
+        with open(self.temp, "r+b") as handle:  # laspy writes today's date, and cannot write an unset one
+            handle.seek(CREATION_FIELD)
+            handle.write(struct.pack("<HH", self.created[1], self.created[0]))
 
     def abort(self):
         if self.writer is not None:
