@@ -295,3 +295,12 @@ def test_signalling_nans_in_binary_data_give_no_numpy_warning(tmp_path):
         with pytest.raises(SourceError) as error:
             read_all(tmp_path / "c.ply")
     assert str(error.value) == f"{tmp_path / 'c.ply'}: vertex 3: z nan is not a finite number"
+
+
+def test_ascii_lines_of_the_wrong_width_are_refused_even_when_the_words_add_up(tmp_path):
+    # a short line and a long one hold as many words as two right ones: they were read shifted, or failed
+    # with an internal IndexError when a shifted value was not finite
+    path = ascii_ply(tmp_path / "c.ply", XYZ_FLOAT, ["1 2 3", "4 5", "6 7 8 9"])
+    with pytest.raises(SourceError) as error:
+        read_all(path)
+    assert str(error.value) == f"{path}: line 10: expected 3 values, got 2"
