@@ -108,7 +108,9 @@ def _attach(conn):
         watch.attach(conn)
 
 
-class WatchedHTTPConnection(connection.HTTPConnection):
+class Watched:
+    """A connection that puts itself under the current request's watch when it connects or sends."""
+
     def connect(self):
         _attach(self)
         super().connect()
@@ -118,14 +120,12 @@ class WatchedHTTPConnection(connection.HTTPConnection):
         return super().request(*args, **kwargs)
 
 
-class WatchedHTTPSConnection(connection.HTTPSConnection):
-    def connect(self):
-        _attach(self)
-        super().connect()
+class WatchedHTTPConnection(Watched, connection.HTTPConnection):
+    pass
 
-    def request(self, *args, **kwargs):
-        _attach(self)
-        return super().request(*args, **kwargs)
+
+class WatchedHTTPSConnection(Watched, connection.HTTPSConnection):
+    pass
 
 
 class WatchedHTTPConnectionPool(connectionpool.HTTPConnectionPool):
