@@ -100,9 +100,9 @@ def make_plan(stages: Stages, inputs=(), report=None) -> Plan:
             raise PipelineError(f"{sink_label}: output {path} is an input file of this run; choose another path")
         if resolved in owners:
             other_sink, other_item = owners[resolved]
-            if item is None:
-                raise PipelineError(f"--report {report}: {other_sink if item is None else sink_label} writes "
-                                    "that file; choose another path for the report")
+            if item is None:  # the report
+                raise PipelineError(f"--report {report}: {other_sink} writes that file; choose another path for "
+                                    "the report")
             also = f" (also written by {other_sink})" if other_sink != sink_label else ""
             raise PipelineError(f"{sink_label}: items {other_item.name!r} and {item.name!r} would both write "
                                 f"{path}{also}; add a field that differs between them, such as {{index}}, "
