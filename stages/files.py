@@ -248,7 +248,7 @@ class FilesSource(Source):
         return cls.template_fields + (("group", "sub", "capture") if options.get("metadata") else ())
 
     def items(self):
-        from .cupix_listing import Listing, match_file
+        from .cupix.listing import Listing, match_file
 
         listing = Listing.from_file(self.options["metadata"]) if self.options["metadata"] else None
         items = []

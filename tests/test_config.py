@@ -18,7 +18,7 @@ from pipeline.errors import ConfigError, UsageError
 from pipeline.options import Option, text
 from pipeline.registry import Registry
 from pipeline.stage import Source
-from stages.align import MatrixTransform
+from stages.matrix import MatrixTransform
 from stages.files import FilesSource
 from stages.las import LasSink
 

@@ -10,7 +10,8 @@ import pytest
 
 from pipeline.errors import MissingDependency, PipelineError
 from pipeline.registry import ENTRY_POINT_GROUP, Registry
-from stages.align import AlignTransform, MatrixTransform
+from stages.cupix.alignment import AlignTransform
+from stages.matrix import MatrixTransform
 from stages.cupix.source import CupixSource
 from stages.files import FilesSource
 from stages.las import LasSink
@@ -22,8 +23,8 @@ BUILT_IN = {
     "sink.ply": "stages.ply:PlySink",
     "source.cupix": "stages.cupix.source:CupixSource",
     "source.files": "stages.files:FilesSource",
-    "transform.align": "stages.align:AlignTransform",
-    "transform.matrix": "stages.align:MatrixTransform",
+    "transform.align": "stages.cupix.alignment:AlignTransform",
+    "transform.matrix": "stages.matrix:MatrixTransform",
 }
 STAGE_MODULE = '''\
 from pipeline.stage import {base}
@@ -166,7 +167,7 @@ def test_native_library_load_failure_is_a_missing_dependency(modules):
 
 
 def test_missing_class_in_an_existing_module_is_a_pipeline_error():
-    registry = Registry({"transform.nope": "stages.align:NoSuchTransform"})
+    registry = Registry({"transform.nope": "stages.matrix:NoSuchTransform"})
 
     with pytest.raises(PipelineError) as caught:  # not a bare AttributeError, which the CLI calls an internal error
         registry.get("transform.nope")
@@ -193,9 +194,9 @@ def test_wrong_kind_is_refused(name, target):
 
 
 def test_object_that_is_not_a_stage_is_refused():
-    from stages.align import as_matrix
+    from stages.matrix import as_matrix
 
-    registry = Registry({"transform.function": "stages.align:as_matrix"})
+    registry = Registry({"transform.function": "stages.matrix:as_matrix"})
 
     with pytest.raises(PipelineError) as caught:
         registry.get("transform.function")

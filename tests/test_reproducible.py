@@ -10,7 +10,6 @@ from pathlib import Path
 
 import laspy
 import numpy as np
-import pytest
 
 from tests.conftest import CONFORMANCE, make_las, write_config
 

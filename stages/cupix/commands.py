@@ -9,8 +9,9 @@ import numpy as np
 
 from pipeline.errors import PipelineError, UsageError
 
-from ..align import COMPOSES, LAYOUTS, plan_alignment, rotation_angle
-from ..cupix_listing import Listing, attributes, meta, parent_id
+from ..matrix import LAYOUTS
+from .alignment import COMPOSES, plan_alignment, rotation_angle
+from .listing import Listing, attributes, meta, parent_id
 from .client import Backoff, CupixClient
 
 TOKEN_VARIABLE = "CUPIX_API_KEY"

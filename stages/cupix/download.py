@@ -18,7 +18,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 from pipeline.model import safe_name
 from pipeline.staging import file_digest
 
-from ..cupix_listing import entry_id, meta
+from .listing import entry_id, meta
 
 from .client import RETRYABLE, CupixError, Retry, Stalled, link_problem
 

@@ -15,7 +15,7 @@ from pipeline.model import Item
 from pipeline.options import Kind, Option, boolean, choice, integer, list_of, number, path, shown, text
 from pipeline.stage import Source
 
-from ..cupix_listing import Listing, entry_id, meta, parent_id
+from .listing import Listing, entry_id, meta, parent_id
 from .client import Backoff, CupixClient, CupixError
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class CupixSource(Source):
             return self._items()
 
     def _items(self):
-        from ..align import sixteen
+        from .alignment import sixteen
         from .download import cache_key
 
         entries = self.list_entries()

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import make_las, write_config
 from tests.cupix_stand_in import CupixStandIn, Faults
 from tests.plyfile_plain import read_plain_ply
-from tests.stages.test_align import rigid
+from tests.stages.test_matrix import rigid
 
 TOKEN = "s3cret-T0KEN-value"
 GROUP = rigid(math.radians(30), 0, 0, (500_000.0, 4_000_000.0, 50.0))

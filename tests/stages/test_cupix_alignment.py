@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.errors import PipelineError, SourceError, StageError
-from stages.align import compose, detect_layout, plan_alignment
-from stages.cupix_listing import Listing, match_file
+from stages.cupix.alignment import compose, detect_layout, plan_alignment
+from stages.cupix.listing import Listing, match_file
 from tests.conftest import make_las
-from tests.stages.test_align import rigid
+from tests.stages.test_matrix import rigid
 from tests.conftest import run
 
 

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.model import Bounds, StreamInfo
-from stages.align import (apply, apply_to_chunk, as_matrix, check_affine, invert, matrix_transform,
+from stages.matrix import (apply, apply_to_chunk, as_matrix, check_affine, invert, matrix_transform,
                           read_matrix_file, transform_bounds)
 
 SHIFT = [[1, 0, 0, 10], [0, 1, 0, 20], [0, 0, 1, 30], [0, 0, 0, 1]]
