@@ -110,7 +110,7 @@ def main(argv=None) -> int:
         # Ctrl-C may surface as another exception, e.g. raised inside a compressor's write callback
         if stopping.received or isinstance(error, KeyboardInterrupt):
             code, what = STOPPING[stopping.received or signal.SIGINT]
-            print(f"{what}: no output was kept", file=sys.stderr)
+            say(f"{what}: no output was kept")
             return code
         return report_error(error, getattr(args, "debug", False))
     finally:
@@ -121,14 +121,20 @@ def main(argv=None) -> int:
             signal.signal(signum, signal.SIG_IGN if program else handler)
 
 
+def say(line):
+    """One line on stderr, in one write, so that a log line from another thread cannot land inside it."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def report_error(error, debug):
     """Prints one line for an error (tracebacks only with --debug) and returns the exit code."""
     if isinstance(error, UsageError):
-        print(f"pipeline: error: {error}", file=sys.stderr)
+        say(f"pipeline: error: {error}")
         return EXIT_USAGE
     if isinstance(error, ConfigError):
         for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
+            say(f"error: {problem}")
         return EXIT_ERROR
     if not isinstance(error, Exception):
         raise error
@@ -136,11 +142,11 @@ def report_error(error, debug):
         traceback.print_exception(error)
     first_line = (str(error).strip().splitlines() or [""])[0]  # a library's message may run over lines
     if isinstance(error, PipelineError):
-        print(f"error: {first_line}", file=sys.stderr)
+        say(f"error: {first_line}")
         return EXIT_ERROR
     # a bug: still one line unless --debug
-    print(f"error: internal error (a bug): {type(error).__name__}: {first_line}"
-          f"{'' if debug else '; rerun with --debug for the traceback'}", file=sys.stderr)
+    say(f"error: internal error (a bug): {type(error).__name__}: {first_line}"
+        f"{'' if debug else '; rerun with --debug for the traceback'}")
     return EXIT_BUG
 
 

@@ -1,5 +1,6 @@
 """`source.files`: local point-cloud files, their format told by their first bytes, not their name."""
 import glob
+import importlib
 import os
 import shutil
 import tempfile
@@ -181,30 +182,33 @@ def expand(patterns):
     return found
 
 
+# The readers, one per format: the module, how it opens a file as a point stream, and how it counts the points
+# from the header when that is cheap (None when it is not)
+READERS = {
+    "las": ("las", lambda m, path, chunk_size, columns, truncated: m.read_las(path, chunk_size, truncated),
+            lambda m, path, truncated: m.check_header(path, truncated).point_count),
+    "ply": ("ply", lambda m, path, chunk_size, columns, truncated: m.read_ply(path, chunk_size, truncated),
+            lambda m, path, truncated: m.parse_header(path).vertex.count),
+    "e57": ("e57", lambda m, path, chunk_size, columns, truncated: m.read_e57(path, chunk_size), None),
+    "pts": ("text", lambda m, path, chunk_size, columns, truncated: m.read_text(path, chunk_size, columns),
+            lambda m, path, truncated: m.pts_count(path)),
+    "xyz": ("text", lambda m, path, chunk_size, columns, truncated: m.read_text(path, chunk_size, columns), None),
+}
+
+
+def reader_module(file_format):
+    return importlib.import_module(f"{__package__}.{READERS[file_format][0]}")
+
+
 def quick_point_count(file_path, file_format, truncated="error"):
     """The point count from the header, when the format has one and reading it is cheap (a truncated LAS
     file is an error here already, unless `truncated` is `read`)."""
-    from . import las, ply, text
-
-    if file_format == "las":
-        return las.check_header(file_path, truncated).point_count
-    if file_format == "ply":
-        return ply.parse_header(file_path).vertex.count
-    if file_format == "pts":
-        return text.pts_count(file_path)
-    return None
+    count = READERS[file_format][2] if file_format in READERS else None  # not for a zip: its member is counted when read
+    return count(reader_module(file_format), file_path, truncated) if count else None
 
 
 def open_reader(file_path, file_format, chunk_size, columns, truncated="error"):
-    from . import e57, las, ply, text
-
-    if file_format == "las":
-        return las.read_las(file_path, chunk_size, truncated)
-    if file_format == "ply":
-        return ply.read_ply(file_path, chunk_size, truncated)
-    if file_format == "e57":
-        return e57.read_e57(file_path, chunk_size)
-    return text.read_text(file_path, chunk_size, columns)
+    return READERS[file_format][1](reader_module(file_format), file_path, chunk_size, columns, truncated)
 
 
 @contextmanager
