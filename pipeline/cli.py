@@ -2,6 +2,7 @@
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -119,6 +120,18 @@ def main(argv=None) -> int:
             # the program ignores them from here: Python's exit would reset them to the default, which
             # kills a process that is only tidying up (exit -2 instead of its code)
             signal.signal(signum, signal.SIG_IGN if program else handler)
+
+
+def program():
+    """The `pipeline` command: `main()` for this process, then its exit. After Ctrl-C or SIGTERM the process
+    ends at once, its outputs already removed: Python's own exit would turn a Ctrl-C that arrived while a
+    library ran code through the C API (during an import) into death by SIGINT (exit -2) after all."""
+    code = main()
+    if code in {stopped for stopped, _ in STOPPING.values()}:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def say(line):
