@@ -49,6 +49,8 @@ class Plan:
     targets: dict  # item index -> [(sink label, final path), ...]
     merged: list = field(default_factory=list)  # [(sink label, final path), ...]
     report: Optional[Path] = None  # the run report's file (--report), committed with the outputs
+    # what each transform decided for the run in `prepare`, as plain data: {item index: decision}, in stage order
+    decisions: tuple = ()
 
     def all_targets(self):
         outputs = [Path(path) for pairs in [*self.targets.values(), self.merged] for _, path in pairs]
@@ -126,10 +128,10 @@ def make_plan(stages: Stages, inputs=(), report=None) -> Plan:
     return Plan(items, targets, merged, Path(report) if report is not None else None)
 
 
-def final_info(stages: Stages, item: Item):
+def final_info(stages: Stages, item: Item, decisions):
     """What an item's stream will look like after every transform, without reading its points."""
     with stages.source.read(item) as stream:
-        info, _ = transformed(stages, item, stream.info, stream.chunks)
+        info, _ = transformed(stages, item, stream.info, stream.chunks, decisions)
     return info
 
 
@@ -204,19 +206,20 @@ def _whole_cloud(chunks, function, label, item, info):
     yield function(np.concatenate(parts) if parts else np.zeros(0, info.dtype))
 
 
-def started(stages: Stages, item: Item, info):
-    """Starts every transform on an item: the stream info after all of them, and for each transform
-    (transform, its chunk function, the stream info after it)."""
+def started(stages: Stages, item: Item, info, decisions):
+    """Starts every transform on an item, with what it decided for the item in `prepare` (Plan.decisions):
+    the stream info after all of them, and for each transform (transform, its chunk function, the stream
+    info after it)."""
     steps = []
-    for transform in stages.transforms:
-        info, function = transform.start(item, info)
+    for transform, decided in zip(stages.transforms, decisions):
+        info, function = transform.start(item, info, decided.get(item.index))
         steps.append((transform, function, info))
     return info, steps
 
 
-def transformed(stages: Stages, item: Item, info, chunks):
+def transformed(stages: Stages, item: Item, info, chunks, decisions):
     """The stream info after every transform, and the chunks passed through them (lazily)."""
-    info, steps = started(stages, item, info)
+    info, steps = started(stages, item, info, decisions)
     for transform, function, after in steps:
         chunks = (_whole_cloud(chunks, function, transform.label, item, after) if transform.whole_cloud
                   else map(function, chunks))
@@ -272,7 +275,7 @@ def open_writer(sink, item, opening):
     return None if writer is None else GuardedWriter(writer, sink, item)
 
 
-def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda n: None, shared=(),
+def process_item(stages: Stages, decisions, item: Item, staging: Staging, on_points=lambda n: None, shared=(),
                  fast=True) -> ItemResult:
     """Streams one item through every transform into every sink; the staged files are left for the caller.
 
@@ -284,10 +287,10 @@ def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda 
     try:
         with stages.source.read(item) as stream:
             log.debug("item %d: reading %s", item.index, item.name)
-            if fast and not shared and _process_raw(stages, item, stream, staging, result, on_points):
+            if fast and not shared and _process_raw(stages, decisions, item, stream, staging, result, on_points):
                 result.seconds = time.perf_counter() - started
                 return result
-            info, chunks = transformed(stages, item, stream.info, _counted(stream.chunks, result, "in"))
+            info, chunks = transformed(stages, item, stream.info, _counted(stream.chunks, result, "in"), decisions)
             chunks = _counted(chunks, result, "out")
             for sink in stages.sinks:
                 if not is_merging(sink):
@@ -308,7 +311,7 @@ def process_item(stages: Stages, item: Item, staging: Staging, on_points=lambda 
     return result
 
 
-def _process_raw(stages, item, stream, staging, result, on_points):
+def _process_raw(stages, decisions, item, stream, staging, result, on_points):
     """The fast path: a reader's raw records go to sinks that write them as they are, with only their
     coordinates moved (computed exactly as on the plain path, from their x, y, z as model.Coordinates).
     A background thread moves the blocks and has the sinks prepare them (numpy releases the GIL), while
@@ -317,7 +320,7 @@ def _process_raw(stages, item, stream, staging, result, on_points):
     raw = stream.raw
     if raw is None or not all(t.coordinates_only and not t.whole_cloud for t in stages.transforms):
         return False
-    info, steps = started(stages, item, stream.info)
+    info, steps = started(stages, item, stream.info, decisions)
     writers = []
 
     def prepared(block):
@@ -394,9 +397,7 @@ class Runner:
     def plan(self, report=None) -> Plan:
         """The run's items and outputs; `report` is the path of the run report, if it goes to a file."""
         plan = make_plan(self.stages, self.config_inputs(), report)
-        for transform in self.stages.transforms:
-            transform.prepare(plan.items)
-        return plan
+        return replace(plan, decisions=tuple(dict(t.prepare(plan.items) or {}) for t in self.stages.transforms))
 
     def config_inputs(self):
         """The files the config reads besides the source's: the config itself and every file an option names."""
@@ -449,7 +450,8 @@ class Runner:
         described = []
         with ThreadPoolExecutor(1, thread_name_prefix="checksums") as checksums:
             for item in plan.items:
-                result = process_item(self.stages, item, staging, self.progress.advance, shared, self.fast_path)
+                result = process_item(self.stages, plan.decisions, item, staging, self.progress.advance, shared,
+                                      self.fast_path)
                 described.append(checksums.submit(_describe_outputs, plan, result, staging))
                 self.progress.item_done()
             return [future.result() for future in described]
@@ -458,10 +460,10 @@ class Runner:
         """Items one after another (one file receives them all), into writers opened once for the run."""
         if self.jobs > 1:
             log.info("a sink merges every item into one file: items are processed one after another")
-        info = merged_info([final_info(self.stages, item) for item in plan.items])
+        info = merged_info([final_info(self.stages, item, plan.decisions) for item in plan.items])
         if info.bounds is None:
             log.info("merge: some inputs have no bounds in their header; reading them once to choose the offset")
-            info = replace(info, bounds=self._measure_bounds(plan.items))
+            info = replace(info, bounds=self._measure_bounds(plan))
         item = Item(id="merged", name="merged", index=-1, location="merged items",
                     fields=plan.items[0].fields)
         shared, checksums = [], {}
@@ -477,13 +479,13 @@ class Runner:
         self.merged_outputs = [_output_record(staging, label, path, checksums) for label, path in plan.merged]
         return results
 
-    def _measure_bounds(self, items):
+    def _measure_bounds(self, plan):
         """The union of the transformed bounds of every item, by reading them through the transforms."""
         bounds = None
-        for item in items:
+        for item in plan.items:
             result = ItemResult(item)
             with self.stages.source.read(item) as stream:
-                _, chunks = transformed(self.stages, item, stream.info, stream.chunks)
+                _, chunks = transformed(self.stages, item, stream.info, stream.chunks, plan.decisions)
                 for _ in _counted(chunks, result, "out"):
                     pass
             bounds = union_bounds(bounds, result.bounds_out)
@@ -547,7 +549,7 @@ def _worker_init(stages, staging, plan, queue, fast_path, parent):
 
 
 def _worker_run(item):
-    result = process_item(_worker["stages"], item, _worker["staging"], _worker["queue"].put,
+    result = process_item(_worker["stages"], _worker["plan"].decisions, item, _worker["staging"], _worker["queue"].put,
                           fast=_worker["fast_path"])
     return _describe_outputs(_worker["plan"], result, _worker["staging"])
 

@@ -70,12 +70,16 @@ class Transform(Stage):
     # model.Coordinates (x, y, z alone): the runner may then move a reader's raw records (PointStream.raw)
     coordinates_only: ClassVar[bool] = False
 
-    def prepare(self, items: list) -> None:
-        """Called once with every item of the run before any point is read (e.g. to decide something for
-        the whole run, or to refuse an item early). Raise StageError to stop the run."""
+    def prepare(self, items: list) -> Mapping:
+        """Called once with every item of the run before any point is read, to decide something for the
+        whole run or to refuse an item early (raise StageError to stop the run). Returns {item index:
+        decision}: plain data that pickles, which the plan carries to wherever the item is processed and
+        `start` receives. Nothing is kept on the stage."""
+        return {}
 
-    def start(self, item: Item, info: StreamInfo) -> "tuple[StreamInfo, ChunkFunction]":
-        """Prepares one item: returns the stream info after this stage and the chunk function.
+    def start(self, item: Item, info: StreamInfo, decision=None) -> "tuple[StreamInfo, ChunkFunction]":
+        """Prepares one item (with its decision from `prepare`, if any): returns the stream info after this
+        stage and the chunk function.
 
         The function returns a new chunk and never changes its argument in place.
         """

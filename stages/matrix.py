@@ -205,5 +205,5 @@ class MatrixTransform(Transform):
         super().__init__(options, label)
         self.matrix = self.matrix_of(self.options)
 
-    def start(self, item, info):
+    def start(self, item, info, decision=None):
         return matrix_transform(self.matrix, self.label, info)

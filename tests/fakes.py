@@ -45,7 +45,7 @@ class FailingTransform(Transform):
     options = (Option("item", integer(), "index of the item that fails", default=1),
                Option("error", text(), "stage | interrupt", default="stage"))
 
-    def start(self, item, info):
+    def start(self, item, info, decision=None):
         def function(chunk):
             if item.index == self.options["item"]:
                 if self.options["error"] == "interrupt":
@@ -61,7 +61,7 @@ class WholeCloudTransform(Transform):
     options = ()
     whole_cloud = True
 
-    def start(self, item, info):
+    def start(self, item, info, decision=None):
         def function(chunk):
             logging.getLogger("tests").info("whole cloud chunk of %d", len(chunk))
             out = chunk.copy()

@@ -299,9 +299,9 @@ class AlignTransform(Transform):
     def __init__(self, options, label=""):
         super().__init__(options, label)
         self.extra = self.extra_matrix(self.options)
-        self.alignments = {}
 
     def prepare(self, items):
+        """{item index: (world matrix, the record of how it was decided)} for every sub of the run."""
         entries = []
         for item in items:
             cupix = item.metadata.get("cupix")
@@ -316,6 +316,7 @@ class AlignTransform(Transform):
             raise StageError(f"{self.label}: {error}") from error
         for note in notes:
             log.info("%s: %s", self.label, note)
+        alignments = {}
         for item, (matrix, record) in zip(items, records):
             problem = (record["check_world"] or {}).get("problem")
             if problem and self.options["check_world"] == "error":
@@ -323,10 +324,11 @@ class AlignTransform(Transform):
             if problem:
                 log.warning("%s: %s", self.label, problem)
             record["notes"] = notes
-            self.alignments[item.index] = (matrix, record)
+            alignments[item.index] = (matrix, record)
+        return alignments
 
-    def start(self, item, info):
-        matrix, record = self.alignments[item.index]
+    def start(self, item, info, decision=None):
+        matrix, record = decision
         after, function = matrix_transform(matrix, self.label, info)
         step = dict(after.applied[-1], alignment=record)
         return replace(after, applied=after.applied[:-1] + (step,)), function
