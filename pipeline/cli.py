@@ -124,8 +124,9 @@ def main(argv=None) -> int:
 
 def program():
     """The `pipeline` command: `main()` for this process, then its exit. After Ctrl-C or SIGTERM the process
-    ends at once, its outputs already removed: Python's own exit would turn a Ctrl-C that arrived while a
-    library ran code through the C API (during an import) into death by SIGINT (exit -2) after all."""
+    ends at once, its outputs already removed: Python's own exit sometimes turned an early Ctrl-C, caught
+    and reported, into death by SIGINT (exit -2) after all, most likely because it came while a library ran
+    code through the C API during an import, which sets the interpreter's "unhandled interrupt" flag."""
     code = main()
     if code in {stopped for stopped, _ in STOPPING.values()}:
         sys.stdout.flush()
