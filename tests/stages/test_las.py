@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.errors import SinkError, SourceError
 from stages import las
+from stages.las import writer
 from stages.las import check_header, choose_offset, fit_values, read_las
 from tests.conftest import make_las, run
 
@@ -136,7 +137,7 @@ def test_patched_header_bytes_only_change_the_count(conformance):
 
 def test_laz_is_compressed_in_batches_in_the_background_and_reads_back_exactly(tmp_path, registry, conformance,
                                                                                 monkeypatch):
-    monkeypatch.setattr(las, "LAZ_BATCH", 3000)  # autzen_trim has 110,000 points: many batches, and a short last one
+    monkeypatch.setattr(writer, "LAZ_BATCH", 3000)  # autzen_trim has 110,000 points: many batches, and a short last one
     run(tmp_path, registry, f"""
         version: 1
         stages:
@@ -151,14 +152,14 @@ def test_laz_is_compressed_in_batches_in_the_background_and_reads_back_exactly(t
 
 
 def test_a_compression_error_stops_the_run_and_leaves_no_file(tmp_path, registry, conformance, monkeypatch):
-    monkeypatch.setattr(las, "LAZ_BATCH", 3000)
+    monkeypatch.setattr(writer, "LAZ_BATCH", 3000)
     writers = []
 
     def failing(point_writer, points, done):
         writers.append(point_writer)
         done.set_exception(OSError(28, "No space left on device"))
 
-    monkeypatch.setattr(las, "compress_into", failing)
+    monkeypatch.setattr(writer, "compress_into", failing)
     with pytest.raises(SinkError, match=r"^stages\[1\] \(sink.las\): autzen_trim: cannot write "
                                          r"/\S+/out/autzen_trim\.laz: No space left on device$"):
         run(tmp_path, registry, f"""
