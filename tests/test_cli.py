@@ -148,7 +148,7 @@ def test_stages_lists_options_with_types_and_defaults():
     stages = {s["type"]: s for s in json.loads(done.stdout)}
     assert set(stages) == {"source.files", "source.cupix", "transform.matrix", "transform.align", "sink.las", "sink.ply"}
     chunk = next(o for o in stages["source.files"]["options"] if o["name"] == "chunk_size")
-    assert chunk == {"name": "chunk_size", "type": "integer >= 1", "required": False, "default": 1000000,
+    assert chunk == {"name": "chunk_size", "type": "integer >= 1", "required": False, "default": 65536,
                      "doc": "points per chunk"}
     text = cli("stages").stdout
     assert "    layout (row_major | column_major; default null): how 16 numbers are stored" in text

@@ -83,7 +83,7 @@ def test_valid_config_gives_typed_stage_specs(tmp_path, registry):
     assert config.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert config.stages == (
         StageSpec(0, "source.files", "input",
-                  {"paths": [str(base / "data" / "*.laz"), "/srv/scans/extra.ply"], "chunk_size": 1_000_000, "columns": None, "metadata": None, "truncated": "error"},
+                  {"paths": [str(base / "data" / "*.laz"), "/srv/scans/extra.ply"], "chunk_size": 65_536, "columns": None, "metadata": None, "truncated": "error"},
                   line=3),
         StageSpec(1, "transform.matrix", "align",
                   {"matrix": [[1, 0, 0, 10], [0, 1, 0, 20], [0, 0, 1, 30], [0, 0, 0, 1]],
@@ -899,7 +899,7 @@ def test_secret_is_redacted_in_public_options(tmp_path, secret_registry):
 
     assert spec.secrets == frozenset({"token"})
     assert spec.options["token"] == "hunter2-s3cret"
-    assert spec.public_options() == {"url": "https://scans.example.com", "token": "***", "chunk_size": 1_000_000}
+    assert spec.public_options() == {"url": "https://scans.example.com", "token": "***", "chunk_size": 65_536}
 
 
 def test_secret_from_the_environment(tmp_path, secret_registry):
@@ -966,7 +966,7 @@ def test_demo_config(registry):
     assert [(spec.type, spec.tag) for spec in config.stages] == [
         ("source.files", "input"), ("transform.align", "align"),
         ("sink.las", "las"), ("sink.las", "laz"), ("sink.ply", "ply")]
-    assert config.stages[0].options == {"paths": [str(data / "*.laz"), str(data / "*.ply")], "chunk_size": 1_000_000, "columns": None,
+    assert config.stages[0].options == {"paths": [str(data / "*.laz"), str(data / "*.ply")], "chunk_size": 65_536, "columns": None,
                                         "metadata": str(data / "capture.json"), "truncated": "error"}
     assert [spec.options["path"] for spec in config.sinks] == [
         str(REPO / "out" / "{name}.las"), str(REPO / "out" / "{name}.laz"), str(REPO / "out" / "{name}.ply")]

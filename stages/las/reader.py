@@ -14,8 +14,22 @@ from .records import RecordView, all_points, described, laid_out, scaled, to_chu
 log = logging.getLogger(__name__)
 
 READ_AHEAD = 1  # blocks read while the previous one is processed
+# points decompressed at once, whatever the chunk size: enough LAZ chunks (LASzip writes 50,000 points each)
+# for lazrs to decompress several in parallel
+LAZ_READ = 1 << 18
 RAW_BLOCK = 1 << 15  # points per raw block: a few numpy calls per block, each over data that stays in cache
 WAVEFORM_FORMATS = (4, 5, 9, 10)
+
+
+def read_points(reader, chunk_size, compressed):
+    """The file's point records (laspy records) in pieces of at most `chunk_size` points; a compressed file is
+    read LAZ_READ points or more at a time."""
+    for points in reader.chunk_iterator(max(chunk_size, LAZ_READ) if compressed else chunk_size):
+        if len(points) <= chunk_size:
+            yield points
+            continue
+        for start in range(0, len(points), chunk_size):
+            yield points[start:start + chunk_size]
 
 
 class RawRecords:
@@ -51,7 +65,7 @@ class RawRecords:
                 pass
 
     def decompressed(self):
-        for points in self.reader.chunk_iterator(self.chunk_size):
+        for points in read_points(self.reader, self.chunk_size, compressed=True):
             yield points.array if points.array.flags.writeable else copy_records(points.array)
 
     def read_into_buffers(self, held):
@@ -108,8 +122,8 @@ def read_las(path, chunk_size, truncated="error"):
             info = StreamInfo(dtype=dtype, source_format="laz" if checked.compressed else "las",
                               point_count=header.point_count, bounds=bounds, format_facts=facts)
 
-            chunks = all_points((to_chunk(points, dtype) for points in reader.chunk_iterator(chunk_size)), path,
-                                header.point_count)
+            chunks = all_points((to_chunk(points, dtype) for points in read_points(reader, chunk_size, checked.compressed)),
+                                path, header.point_count)
             raw = RawRecords(reader, header, chunk_size, path, checked.compressed)
             yield PointStream(info, chunks, raw=raw)
     finally:

@@ -446,3 +446,13 @@ def test_a_sink_error_on_the_fast_path_leaves_no_reading_thread_behind(tmp_path,
         assert [t.name for t in threading.enumerate() if t.name == "las-read-ahead"] == []
     finally:
         gc.enable()
+
+
+def test_laz_is_decompressed_in_big_batches_and_cut_to_the_chunk_size(conformance):
+    path = conformance / "laz/autzen_trim.laz"
+    expected = laspy.read(path)
+    with read_las(path, 7000) as stream:
+        chunks = list(stream.chunks)
+    assert max(map(len, chunks)) == 7000 and sum(map(len, chunks)) == len(expected.points)
+    assert np.array_equal(np.concatenate([c["x"] for c in chunks]), expected.x)
+    assert np.array_equal(np.concatenate([c["gps_time"] for c in chunks]), expected.gps_time)
