@@ -96,6 +96,48 @@ with laspy.open(source) as reader:
     out.flush()
 """
 
+# the script a user reads a PLY with: open3d's tensor reader, then laspy
+OPEN3D_LAS = """
+import sys, laspy, numpy as np, open3d as o3d
+source, target = sys.argv[1], sys.argv[2]
+m = np.array({matrix})
+cloud = o3d.t.io.read_point_cloud(source)
+xyz = cloud.point.positions.numpy().astype(np.float64) @ m[:3, :3].T + m[:3, 3]
+header = laspy.LasHeader(version="1.4", point_format=7)
+header.scales = np.array([0.001] * 3)
+header.offsets = np.floor(xyz.min(axis=0))
+las = laspy.LasData(header)
+las.x, las.y, las.z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+las.write(target)
+"""
+
+# XYZ text of the first `count` points of the LAS input: x y z intensity red green blue
+LAS_TO_XYZ = """
+import sys, laspy, numpy as np
+source, target, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with laspy.open(source) as reader:
+    points = reader.read_points(count)
+columns = [np.asarray(points[name]) for name in ("x", "y", "z", "intensity", "red", "green", "blue")]
+np.savetxt(target, np.column_stack(columns), fmt="%.3f %.3f %.3f %d %d %d %d")
+"""
+
+# the script a user reads a text cloud with: numpy.loadtxt, then laspy
+LOADTXT_LAS = """
+import sys, laspy, numpy as np
+source, target = sys.argv[1], sys.argv[2]
+m = np.array({matrix})
+data = np.loadtxt(source)
+xyz = data[:, :3] @ m[:3, :3].T + m[:3, 3]
+header = laspy.LasHeader(version="1.4", point_format=7)
+header.scales = np.array([0.001] * 3)
+header.offsets = np.floor(xyz.min(axis=0))
+las = laspy.LasData(header)
+las.x, las.y, las.z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
+for column, name in enumerate(("intensity", "red", "green", "blue"), start=3):
+    las[name] = data[:, column].astype(np.uint16)
+las.write(target)
+"""
+
 
 def stolen_seconds():
     """CPU time the hypervisor gave to others so far (Linux /proc/stat, all CPUs); 0 where unknown."""
@@ -127,7 +169,6 @@ def config(folder, inputs, sink, name="bench.yaml"):
         stages:
           - type: source.files
             paths: {json.dumps([str(p) for p in inputs])}
-            chunk_size: 1000000
           - type: transform.matrix
             matrix: {json.dumps(MATRIX)}
           - type: {sink[0]}
@@ -193,7 +234,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--cases", default="startup,las,laz,ply,jobs")
+    parser.add_argument("--cases", default="startup,las,laz,ply,plyin,xyzin,jobs")
+    parser.add_argument("--text-points", type=int, default=2_000_000, help="points of the XYZ input (xyzin)")
     parser.add_argument("--workdir", help="keep inputs here (default: a temporary folder)")
     args = parser.parse_args()
     cases = set(args.cases.split(","))
@@ -213,7 +255,7 @@ def main():
             print(f"{'pipeline ' + words[0]:<34} {seconds:.3f} s (target < 0.3 s)", flush=True)
 
     source = folder / f"input_{args.points}.las"
-    if cases & {"las", "laz", "ply"} and not source.exists():
+    if cases & {"las", "laz", "ply", "plyin", "xyzin"} and not source.exists():
         subprocess.run([python, "-c", GENERATE, str(args.points), str(source), "1"], check=True)
     matrix = json.dumps(MATRIX)
     reference_las = [python, "-c", LASPY_STREAMED.format(matrix=matrix), str(source)]
@@ -232,6 +274,26 @@ def main():
                                 [python, "-c", NUMPY_PLY.format(matrix=matrix), str(source),
                                  str(folder / "reference.ply")], folder / "reference.ply",
                                 ">= 8 Mpts/s", "(sha256 while writing)")
+    if "plyin" in cases:
+        ply = folder / f"input_{args.points}.ply"
+        if not ply.exists():
+            identity = json.dumps([[1.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+            subprocess.run([python, "-c", NUMPY_PLY.format(matrix=identity), str(source), str(ply)], check=True)
+        results = best_of(args.repeat, [pipeline + ["run", "-q", str(config(folder, [ply], ("sink.las", ".las")))],
+                                        [python, "-c", OPEN3D_LAS.format(matrix=matrix), str(ply),
+                                         str(folder / "reference.las")]],
+                          outputs=[folder / "out", folder / "reference.las"])
+        row("binary PLY -> matrix -> LAS", args.points, *results, target=">= 5 Mpts/s, < 150 MB")
+    if "xyzin" in cases:
+        text = folder / f"input_{args.text_points}.xyz"
+        if not text.exists():
+            subprocess.run([python, "-c", LAS_TO_XYZ, str(source), str(text), str(args.text_points)], check=True)
+        results = best_of(args.repeat, [pipeline + ["run", "-q", str(config(folder, [text], ("sink.las", ".las")))],
+                                        [python, "-c", LOADTXT_LAS.format(matrix=matrix), str(text),
+                                         str(folder / "reference.las")]],
+                          outputs=[folder / "out", folder / "reference.las"])
+        row("XYZ (7 columns) -> matrix -> LAS", args.text_points, *results,
+            target=">= 2x the numpy.loadtxt script, < 150 MB")
     if "jobs" in cases:
         inputs = [folder / f"part_{n}.las" for n in range(8)]
         for n, path in enumerate(inputs):
