@@ -75,11 +75,8 @@ def scan_chunk(path, e57, index, dtype):
     for key, name in {**COLOURS, **GRID}.items():
         if key in data and name in dtype.names:
             chunk[name] = data[key]
-    from .files import first_non_finite
-    found = first_non_finite({axis: chunk[axis] for axis in XYZ})
-    if found is not None:  # e.g. a pose that is not finite numbers
-        point, axis = found
-        raise SourceError(f"{path}: scan {index}, point {point + 1}: {axis} {chunk[axis][point]} is not a finite number")
+    from .files import check_finite
+    check_finite(path, chunk, lambda point: f"scan {index}, point {point + 1}")  # e.g. a pose that is not finite
     return chunk
 
 

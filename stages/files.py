@@ -62,6 +62,16 @@ def first_non_finite(columns):
     return index, next(name for name, values in columns.items() if not np.isfinite(values[index]))
 
 
+def check_finite(path, chunk, where):
+    """Refuses a chunk whose x, y or z is not a finite number; `where(index)` names the point (its vertex,
+    or its scan and point)."""
+    from pipeline.model import XYZ
+    found = first_non_finite({axis: chunk[axis] for axis in XYZ})
+    if found is not None:
+        index, axis = found
+        raise SourceError(f"{path}: {where(index)}: {axis} {chunk[axis][index]} is not a finite number")
+
+
 TEXT_SUFFIXES = (".pts", ".xyz", ".asc", ".txt", ".csv")
 
 
@@ -140,8 +150,7 @@ def unpack(file_path, member, folder):
     target = Path(folder) / safe_name(Path(member).name)
     try:
         with zipfile.ZipFile(file_path) as archive:
-            info = archive.getinfo(member)
-            check_member_size(file_path, info)
+            info = archive.getinfo(member)  # its size checked by zip_member, which named it
             free = shutil.disk_usage(folder).free
             if info.file_size + ZIP_KEEP_FREE > free:
                 raise SourceError(f"{file_path}: member {member} needs {info.file_size} bytes unpacked but "

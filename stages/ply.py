@@ -15,6 +15,7 @@ from pipeline.model import XYZ, PointStream, StreamInfo
 from pipeline.options import Option, boolean, choice, template, xyz_numbers
 from pipeline.stage import Sink, Writer
 
+from .files import check_finite, first_non_finite
 from .las import RecordView, choose_offset
 
 log = logging.getLogger(__name__)
@@ -165,15 +166,6 @@ def short_file(path, promised, held, truncated):
     log.warning("%s: PLY header promises %d vertices but the file holds %d; reading %d", path, promised, held, held)
 
 
-def check_finite(path, columns, where):
-    """Refuses x, y, z values that are not finite numbers; `where(index)` names the point's line or vertex."""
-    from .files import first_non_finite
-    found = first_non_finite(columns)
-    if found is not None:
-        index, axis = found
-        raise SourceError(f"{path}: {where(index)}: {axis} {columns[axis][index]} is not a finite number")
-
-
 def _available_vertices(path, header, file_dtype):
     """Where the binary vertices start, and how many the file holds."""
     offset = _vertex_offset(path, header)
@@ -193,7 +185,7 @@ def _binary_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size, t
             n = min(chunk_size, count - start)
             records = np.fromfile(handle, dtype=file_dtype, count=n)
             chunk = convert(records, chunk_dtype, renamed)
-            check_finite(path, {axis: chunk[axis] for axis in XYZ}, lambda index: f"vertex {start + index + 1}")
+            check_finite(path, chunk, lambda index: f"vertex {start + index + 1}")
             yield chunk
 
 
@@ -218,7 +210,6 @@ def _ascii_table(path, lines, file_dtype, first_line):
     word that is not a number, or a value its property's type cannot hold is an error naming the line."""
     import numpy as np
 
-    from .files import first_non_finite
     names, width = file_dtype.names, len(file_dtype.names)
     counts = words_per_line(lines)
     if (counts != width).any():  # (the total alone would let a short line and a long one pass, shifted)
@@ -339,7 +330,7 @@ def shifted(path, chunks, offset):
     for chunk in chunks:
         for axis, value in zip(XYZ, offset):
             chunk[axis] += value
-        check_finite(path, {axis: chunk[axis] for axis in XYZ}, lambda index: f"vertex {done + index + 1}")
+        check_finite(path, chunk, lambda index: f"vertex {done + index + 1}")
         done += len(chunk)
         yield chunk
 
