@@ -188,7 +188,8 @@ def command_run(args):
     from . import config as config_module
     from . import report
     from .progress import ConsoleProgress, Progress
-    from .runner import Runner, cpu_count
+    from .executors import cpu_count
+    from .runner import Runner
 
     registry = load_registry()
     config = config_module.load(args.config, registry, overrides=args.overrides,
@@ -206,8 +207,7 @@ def command_run(args):
     built = []
 
     def run_report(results):  # the runner asks for it before committing, when it goes to a file
-        built.append(report.build(config, results, started_at, time.perf_counter() - started, jobs,
-                                  runner.merged_outputs))
+        built.append(report.build(config, results, started_at, time.perf_counter() - started, jobs))
         return report.dumps(built[0])
 
     results = runner.run(plan, report=run_report, on_commit=args.on_commit)
@@ -259,7 +259,9 @@ def describe_stages(registry):
         cls = registry.get(name)
         options = [{"name": o.name, "type": o.kind.describe, "required": o.required,
                     "default": None if o.required else o.default, "doc": o.doc} for o in cls.options]
-        described.append({"type": name, "doc": cls.summary(), "whole_cloud": cls.whole_cloud, "options": options})
+        declares = {flag: getattr(cls, flag) for flag in ("moves_points", "drops_points", "whole_cloud")
+                    if getattr(cls, flag, False)}
+        described.append({"type": name, "doc": cls.summary(), "declares": declares, "options": options})
     return described
 
 
@@ -269,7 +271,8 @@ def command_stages(args):
         print(json.dumps(described, indent=2, default=str))
         return EXIT_OK
     for stage in described:
-        print(f"{stage['type']}: {stage['doc']}{' (holds a whole cloud in memory)' if stage['whole_cloud'] else ''}")
+        declares = f" ({', '.join(flag.replace('_', ' ') for flag in stage['declares'])})" if stage["declares"] else ""
+        print(f"{stage['type']}: {stage['doc']}{declares}")
         for option in stage["options"]:
             default = "required" if option["required"] else f"default {json.dumps(option['default'], default=str)}"
             print(f"    {option['name']} ({option['type']}; {default}): {option['doc']}")

@@ -1,12 +1,11 @@
-"""The records that flow between stages: items, what a point stream holds, and bounds. No I/O.
+"""What flows between stages besides the points: items, what is known of a point stream, and bounds. No I/O.
 
-A chunk is a numpy structured array: float64 `x`, `y`, `z` in real-world units, and every other
-attribute of the input under its LAS dimension name (`intensity`, `classification`, `red`, ...).
+The points themselves travel in chunks (pipeline.chunk).
 """
 import re
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional
 
 XYZ = ("x", "y", "z")
 MAX_NAME_BYTES = 150
@@ -68,12 +67,10 @@ class Bounds:
 
     @staticmethod
     def of(chunk) -> "Optional[Bounds]":
-        """The bounds of a chunk or of Coordinates; None when it is empty."""
+        """The bounds of a chunk; None when it is empty."""
         if len(chunk) == 0:
             return None
-        if isinstance(chunk, Coordinates):
-            return Bounds(tuple(chunk.xyz.min(axis=1).tolist()), tuple(chunk.xyz.max(axis=1).tolist()))
-        return Bounds(tuple(float(chunk[a].min()) for a in XYZ), tuple(float(chunk[a].max()) for a in XYZ))
+        return Bounds(tuple(chunk.xyz.min(axis=1).tolist()), tuple(chunk.xyz.max(axis=1).tolist()))
 
     def union(self, other: "Optional[Bounds]") -> "Bounds":
         if other is None:
@@ -119,44 +116,35 @@ class StreamInfo:
 
 @dataclass
 class PointStream:
-    """An opened item: what is known up front, and its chunks.
-
-    `raw`, when a reader offers it, is the same points as the format's own records (e.g. LAS point
-    records with scaled integer coordinates); a run whose transforms are all affine and whose sinks all
-    accept these records moves them without building chunks (see runner.process_item). Only one of
-    `chunks` and `raw.blocks` is read.
-    """
+    """An opened item: what is known up front, and its chunks (pipeline.chunk.Chunk)."""
 
     info: StreamInfo
     chunks: Iterator[Any]
-    raw: Any = None
 
 
-class Coordinates:
-    """x, y, z as the rows of one (3, n) float64 array: what the fast path moves instead of a chunk.
+def merge_infos(infos) -> StreamInfo:
+    """One stream description for several items: every attribute of any of them (a type that can hold each
+    item's), the union of their bounds and the sum of their counts; the first item's format facts."""
+    import numpy as np
+    from .errors import PipelineError
 
-    It reads like a chunk of only x, y, z (`coordinates["x"]`, `len`), but each axis is contiguous and one
-    numpy call works on all three (the per-axis constants broadcast), so there are few calls per block.
-    """
-
-    __slots__ = ("xyz",)
-
-    def __init__(self, xyz):
-        self.xyz = xyz
-
-    @staticmethod
-    def of(chunk) -> "Coordinates":
-        """The x, y, z of a structured chunk (copied)."""
-        import numpy as np
-        return Coordinates(np.stack([np.asarray(chunk[axis], dtype=np.float64) for axis in XYZ]))
-
-    def __len__(self):
-        return self.xyz.shape[1]
-
-    def __getitem__(self, name):
-        if name not in XYZ:
-            raise KeyError(name)
-        return self.xyz[XYZ.index(name)]
+    fields = {}
+    for info in infos:
+        for name in info.dtype.names:
+            kind = info.dtype[name]
+            if name in fields and fields[name] != kind:
+                if fields[name].shape != kind.shape:
+                    raise PipelineError(f"merge: field {name!r} has shapes {fields[name].shape} and {kind.shape}")
+                kind = np.dtype((np.result_type(fields[name].base, kind.base), kind.shape))
+            fields[name] = kind
+    bounds = None
+    if all(info.bounds is not None for info in infos):
+        for info in infos:
+            bounds = union_bounds(bounds, info.bounds)
+    counts = [info.point_count for info in infos]
+    return replace(infos[0], dtype=np.dtype(list(fields.items())), bounds=bounds,
+                   point_count=sum(counts) if None not in counts else None,
+                   applied=tuple(step for info in infos for step in info.applied))
 
 
 def copy_records(records, out=None):
@@ -177,5 +165,3 @@ def copy_records(records, out=None):
     np.copyto(out.view(whole), records.view(whole))
     return out
 
-
-ChunkFunction = Callable[[Any], Any]

@@ -35,7 +35,9 @@ def item_entry(result):
     }
 
 
-def build(config, results, started_at, wall_seconds, jobs, merged_outputs=()):
+def build(config, results, started_at, wall_seconds, jobs):
+    """The run report of runner.Results."""
+    results, merged_outputs = results.items, results.merged
     return {
         "tool": {"name": "cupix-pipeline", "version": __version__},
         "python": platform.python_version(),

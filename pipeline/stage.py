@@ -5,21 +5,23 @@ the stage with the converted values. Stages are built once per process and must 
 state on `self`: per-item state lives in what `read`, `open` and `start` return.
 """
 from pathlib import Path
-from typing import ClassVar, ContextManager, Iterable, Mapping
+from typing import Callable, ClassVar, ContextManager, Iterable, Iterator, Mapping, Optional
 
-from .model import ChunkFunction, Item, PointStream, StreamInfo
+from .chunk import Chunk
+from .model import Item, PointStream, StreamInfo, merge_infos
 from .options import Option, integer
 
 
 class Stage:
     kind: ClassVar[str] = ""
     options: ClassVar[tuple] = ()
-    # a stage that needs every point of an item at once says so; the runner then warns with the memory
-    whole_cloud: ClassVar[bool] = False
 
     def __init__(self, options: Mapping, label: str = ""):
         self.options = dict(options)
         self.label = label or type(self).__name__
+
+    def __reduce__(self):  # a stage is its options: a worker process rebuilds it from them, nothing else
+        return type(self), (self.options, self.label)
 
     @classmethod
     def check(cls, options: dict) -> None:
@@ -32,6 +34,13 @@ class Stage:
     @classmethod
     def option(cls, name) -> Option:
         return next(o for o in cls.options if o.name == name)
+
+    def prepare(self, items: list) -> Mapping:
+        """Called once with every item of the run, in the process that plans it, before any point is read: to
+        decide something for the whole run or to refuse an item early (raise StageError to stop the run).
+        Returns {item index: decision}: plain data that pickles, which the plan carries to wherever the item
+        is processed. Nothing is kept on the stage."""
+        return {}
 
 
 class Source(Stage):
@@ -49,15 +58,16 @@ class Source(Stage):
         """The items this source will read, in order, without reading their points."""
         raise NotImplementedError
 
-    def read(self, item: Item) -> ContextManager[PointStream]:
-        """Opens one item; the stream yields chunks of at most `chunk_size` points."""
+    def read(self, item: Item, decision=None) -> ContextManager[PointStream]:
+        """Opens one item (with what `prepare` decided for it); the stream yields chunks (pipeline.chunk.Chunk)
+        of at most `chunk_size` points."""
         raise NotImplementedError
 
     def inputs(self, items: Iterable[Item]) -> list:
         """Local files the source reads, so that no sink overwrites one."""
         return []
 
-    def prefetch(self, items: list) -> None:
+    def prefetch(self, items: list, decisions: Mapping) -> None:
         """Called before items are read one after another in this process: a source may start fetching
         them in the background (a download), so that reading one overlaps fetching the next."""
 
@@ -65,32 +75,54 @@ class Source(Stage):
         """Releases what the source holds (threads, connections) at the end of a run."""
 
 
+Chunks = Iterator[Chunk]
+StreamFunction = Callable[[Chunks], Chunks]
+
+
+def each(function: Callable[[Chunk], Chunk]) -> StreamFunction:
+    """The stream function of a transform that maps every chunk to one chunk."""
+    return lambda chunks: map(function, chunks)
+
+
 class Transform(Stage):
+    """Maps an item's stream of chunks to a stream of chunks.
+
+    What it does is declared, and the runner plans from the declarations before any point flows: the flags
+    below, and the stream info that `start` returns, whose dtype lists every attribute of the chunks it
+    yields, with their types (a chunk that differs is an error naming the stage).
+    """
+
     kind = "transform"
-    # True when the chunk function only changes x, y and z, keeps every point, and also takes a
-    # model.Coordinates (x, y, z alone): the runner may then move a reader's raw records (PointStream.raw)
-    coordinates_only: ClassVar[bool] = False
+    moves_points: ClassVar[bool] = False  # changes x, y, z
+    drops_points: ClassVar[bool] = False  # may yield fewer points than it receives
+    whole_cloud: ClassVar[bool] = False  # needs every point of an item at once (one chunk of them all)
 
-    def prepare(self, items: list) -> Mapping:
-        """Called once with every item of the run before any point is read, to decide something for the
-        whole run or to refuse an item early (raise StageError to stop the run). Returns {item index:
-        decision}: plain data that pickles, which the plan carries to wherever the item is processed and
-        `start` receives. Nothing is kept on the stage."""
-        return {}
+    def reach(self) -> Optional[float]:
+        """The distance within which the stage needs a point's neighbours, or None. The runner then gives it
+        the whole cloud, and warns with the memory it takes."""
+        return None
 
-    def start(self, item: Item, info: StreamInfo, decision=None) -> "tuple[StreamInfo, ChunkFunction]":
+    def start(self, item: Item, info: StreamInfo, decision=None) -> "tuple[StreamInfo, StreamFunction]":
         """Prepares one item (with its decision from `prepare`, if any): returns the stream info after this
-        stage and the chunk function.
+        stage and its stream function, which may keep state across chunks and yield more at the end.
 
-        The function returns a new chunk and never changes its argument in place.
+        Chunks are never changed in place: the function yields new ones (see pipeline.chunk).
         """
         raise NotImplementedError
 
 
 class Writer:
-    """What `Sink.open` returns: receives every chunk of one item, then `close` or `abort`."""
+    """What `Sink.open` returns: receives every chunk of one item, then `close` or `abort`.
 
-    def write(self, chunk) -> None:
+    Each chunk goes to `prepare`, which must not touch the file, in a compute thread, and what it returned
+    to `write` in the runner's thread, chunk after chunk in order; the next chunk may be prepared while the
+    previous one is written.
+    """
+
+    def prepare(self, chunk: Chunk):
+        return chunk
+
+    def write(self, prepared) -> None:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -105,15 +137,6 @@ class Writer:
         while writing them, so that the runner need not read them again for the report."""
         return {}
 
-    # The fast path (see Sink.open_raw) hands each block of raw records to `prepare_raw` in a compute
-    # thread, then what it returned to `write_raw` in the runner's thread, both in block order; the next
-    # block may be prepared while this one is written. `block` is the writer's own to change.
-    def prepare_raw(self, block, xyz):
-        raise NotImplementedError
-
-    def write_raw(self, prepared) -> None:
-        raise NotImplementedError
-
 
 class Sink(Stage):
     kind = "sink"
@@ -126,8 +149,8 @@ class Sink(Stage):
         """Starts writing one item; files are created through `staging.create(final_path)`."""
         raise NotImplementedError
 
-    def open_raw(self, item: Item, info: StreamInfo, raw, staging):
-        """A writer that takes a reader's raw records and their moved coordinates (a model.Coordinates)
-        through `prepare_raw` and `write_raw`, when this sink can write them without building chunks;
-        else None."""
-        return None
+    def merged_info(self, infos: list) -> StreamInfo:
+        """How one file that receives several items (`merge: true`) is opened: the stream info `open` gets,
+        from each item's. By default, every attribute of any of them and the union of their bounds; a sink
+        adds what its format keeps (see model.merge_infos)."""
+        return merge_infos(infos)

@@ -6,6 +6,7 @@ chunks); a file of several scans is one item whose chunks follow the scans in or
 import logging
 from contextlib import contextmanager
 
+from pipeline.chunk import Chunk
 from pipeline.errors import SourceError
 from pipeline.imports import require
 from pipeline.model import XYZ, PointStream, StreamInfo
@@ -97,7 +98,7 @@ def read_e57(path, chunk_size):
         for index in range(count):
             scan = scan_chunk(path, e57, index, dtype)
             for start in range(0, len(scan), chunk_size):
-                yield scan[start:start + chunk_size]
+                yield Chunk.of(scan[start:start + chunk_size])
 
     yield PointStream(info, chunks())
 

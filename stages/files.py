@@ -199,10 +199,21 @@ READERS = {
     "ply": ("ply", lambda m, path, chunk_size, columns, truncated: m.read_ply(path, chunk_size, truncated),
             lambda m, path, truncated: m.parse_header(path).vertex.count),
     "e57": ("e57", lambda m, path, chunk_size, columns, truncated: m.read_e57(path, chunk_size), None),
-    "pts": ("text", lambda m, path, chunk_size, columns, truncated: m.read_text(path, chunk_size, columns),
+    "pts": ("text", lambda m, path, chunk_size, columns, truncated: as_chunks(m.read_text(path, chunk_size, columns)),
             lambda m, path, truncated: m.pts_count(path)),
-    "xyz": ("text", lambda m, path, chunk_size, columns, truncated: m.read_text(path, chunk_size, columns), None),
+    "xyz": ("text", lambda m, path, chunk_size, columns, truncated: as_chunks(m.read_text(path, chunk_size, columns)),
+            None),
 }
+
+
+@contextmanager
+def as_chunks(opening):
+    """The stream of a reader that yields numpy structured arrays, as chunks."""
+    from pipeline.chunk import Chunk
+    from pipeline.model import PointStream
+
+    with opening as stream:
+        yield PointStream(stream.info, map(Chunk.of, stream.chunks))
 
 
 def reader_module(file_format):
@@ -285,5 +296,5 @@ class FilesSource(Source):
     def inputs(self, items):
         return [item.location for item in items]
 
-    def read(self, item):
+    def read(self, item, decision=None):
         return read_file(item.location, self.options["chunk_size"], self.options["columns"], self.options["truncated"])

@@ -3,9 +3,9 @@ import logging
 import math
 
 from pipeline.errors import OptionError
-from pipeline.model import XYZ, Bounds, Coordinates, copy_records
+from pipeline.model import Bounds
 from pipeline.options import Option, anything, boolean, choice, is_number, path, shown
-from pipeline.stage import Transform
+from pipeline.stage import Transform, each
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +114,8 @@ def transform_bounds(matrix, bounds):
 
 
 def apply_to_chunk(matrix, chunk, centre):
-    """A new chunk with x, y, z moved; every other field copied unchanged. Coordinates (the fast path's
-    chunks) give new Coordinates."""
-    import numpy as np
-    if isinstance(chunk, Coordinates):
-        return Coordinates(apply(matrix, chunk.xyz, centre))
-    moved = copy_records(chunk) if len(chunk.dtype.names) > 3 else np.empty_like(chunk)
-    for axis, values in zip(XYZ, apply(matrix, Coordinates.of(chunk).xyz, centre)):
-        moved[axis] = values
-    return moved
+    """A new chunk with x, y, z moved; every other attribute shared, unchanged."""
+    return chunk.moved(apply(matrix, chunk.xyz, centre))
 
 
 def pick_centre(bounds, chunk):
@@ -135,7 +128,7 @@ def pick_centre(bounds, chunk):
 
 
 def matrix_transform(matrix, label, info):
-    """The stream info after `matrix` and the chunk function that applies it (shared by transform stages)."""
+    """The stream info after `matrix` and the stream function that applies it (shared by transform stages)."""
     centre = []
 
     def function(chunk):
@@ -144,7 +137,7 @@ def matrix_transform(matrix, label, info):
         return apply_to_chunk(matrix, chunk, centre[0])
 
     bounds = transform_bounds(matrix, info.bounds) if info.bounds is not None else None
-    return info.with_step({"stage": label, "matrix": matrix.tolist()}, bounds=bounds), function
+    return info.with_step({"stage": label, "matrix": matrix.tolist()}, bounds=bounds), each(function)
 
 
 def read_matrix_file(file_name, layout):
@@ -169,7 +162,7 @@ def read_matrix_file(file_name, layout):
 class MatrixTransform(Transform):
     """Applies a 4×4 affine matrix to x, y, z (float64, around the cloud's centre)."""
 
-    coordinates_only = True
+    moves_points = True
 
     options = (
         Option("matrix", anything("4 rows of 4 numbers, or 16 numbers"), "the matrix", default=None),

@@ -11,12 +11,13 @@ from dataclasses import dataclass, field
 
 from pipeline import __version__
 from pipeline.errors import OptionError, SinkError, SourceError
+from pipeline.chunk import Chunk
 from pipeline.model import XYZ, PointStream, StreamInfo
 from pipeline.options import Option, boolean, choice, template, xyz_numbers
 from pipeline.stage import Sink, Writer
 
 from .files import check_finite, first_non_finite
-from .las import RecordView, choose_offset
+from .las import choose_offset
 
 log = logging.getLogger(__name__)
 
@@ -136,13 +137,30 @@ def vertex_layout(header):
     return file_dtype, np.dtype(fields), renamed
 
 
-def convert(records, chunk_dtype, renamed):
+class PlyLayout:
+    """How the columns of a chunk are decoded from its PLY vertex records (Chunk.layout)."""
+
+    kind = "ply"
+
+    def __init__(self, renamed):
+        self.property_of = {ours: theirs for theirs, ours in renamed.items()}
+
+    def decode(self, records, name, wanted):
+        import numpy as np
+        with np.errstate(invalid="ignore"):  # a signalling NaN becomes a quiet one
+            return records[self.property_of[name]].astype(wanted.base)
+
+
+def vertex_chunk(records, chunk_dtype, layout):
+    """The chunk of some vertex records: x, y, z as float64 (z 0 when the file has none), the rest decoded
+    when asked for."""
     import numpy as np
-    chunk = np.zeros(len(records), chunk_dtype)
+    xyz = np.zeros((3, len(records)))
     with np.errstate(invalid="ignore"):  # a signalling NaN becomes a quiet one (coordinates are checked after)
-        for name in records.dtype.names:
-            chunk[renamed[name]] = records[name]
-    return chunk
+        for row, axis in zip(xyz, XYZ):
+            if axis in records.dtype.names:
+                row[...] = records[axis]
+    return Chunk(xyz, chunk_dtype, records=records, layout=layout)
 
 
 def _vertex_offset(path, header):
@@ -172,7 +190,7 @@ def _available_vertices(path, header, file_dtype):
     return offset, max(0, os.path.getsize(path) - offset) // file_dtype.itemsize
 
 
-def _binary_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size, truncated="error"):
+def _binary_chunks(path, header, file_dtype, chunk_dtype, layout, chunk_size, truncated="error"):
     import numpy as np
     offset, available = _available_vertices(path, header, file_dtype)
     count = header.vertex.count
@@ -183,8 +201,7 @@ def _binary_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size, t
         handle.seek(offset)
         for start in range(0, count, chunk_size):
             n = min(chunk_size, count - start)
-            records = np.fromfile(handle, dtype=file_dtype, count=n)
-            chunk = convert(records, chunk_dtype, renamed)
+            chunk = vertex_chunk(np.fromfile(handle, dtype=file_dtype, count=n), chunk_dtype, layout)
             check_finite(path, chunk, lambda index: f"vertex {start + index + 1}")
             yield chunk
 
@@ -250,7 +267,7 @@ def _ascii_table(path, lines, file_dtype, first_line):
     return table
 
 
-def _ascii_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size, truncated="error"):
+def _ascii_chunks(path, header, file_dtype, chunk_dtype, layout, chunk_size, truncated="error"):
     import numpy as np
     with open(path, "rb") as handle:
         handle.seek(header.length)
@@ -274,7 +291,7 @@ def _ascii_chunks(path, header, file_dtype, chunk_dtype, renamed, chunk_size, tr
                 records = np.empty(len(lines), file_dtype)
                 for column, name in enumerate(file_dtype.names):
                     records[name] = table[:, column]
-                yield convert(records, chunk_dtype, renamed)
+                yield vertex_chunk(records, chunk_dtype, layout)
             if short:
                 return
 
@@ -295,7 +312,7 @@ def read_ply(path, chunk_size, truncated="error"):
         count = min(count, _available_vertices(path, header, file_dtype)[1])
     info = StreamInfo(dtype=chunk_dtype, source_format="ply", point_count=count,
                       format_facts={"ply": {"format": header.format, "comments": header.comments}})
-    chunks = read(path, header, file_dtype, chunk_dtype, renamed, chunk_size, truncated)
+    chunks = read(path, header, file_dtype, chunk_dtype, PlyLayout(renamed), chunk_size, truncated)
     offset = written_offset(header.comments)
     if offset is not None:  # x, y, z were stored relative to it (sink.ply `offset`, CloudCompare's shift)
         if not all(map(math.isfinite, offset)):
@@ -326,10 +343,10 @@ def written_offset(comments):
 
 def shifted(path, chunks, offset):
     """The chunks with the offset added to x, y, z (which must stay finite)."""
+    import numpy as np
     done = 0
     for chunk in chunks:
-        for axis, value in zip(XYZ, offset):
-            chunk[axis] += value
+        chunk = chunk.moved(chunk.xyz + np.asarray(offset, dtype=np.float64)[:, None])
         check_finite(path, chunk, lambda index: f"vertex {done + index + 1}")
         done += len(chunk)
         yield chunk
@@ -411,8 +428,7 @@ class PlyWriter(Writer):
         self.offset = self.choose_offset(sink.options["offset"], info)
         self.colours = ColourDepth(sink.options["colors"], self.where)
         self.dtype = dtype = info.dtype
-        self.raw = None  # the reader's raw records, on the fast path
-        self.las_plan = None  # how raw LAS records fill our records (see copy_las_fields)
+        self.las_plans = {}  # how a chunk's LAS records fill our records (see copy_las_fields)
         self.columns = ply_properties(dtype)
         if self.offset is not None:
             self.columns = [(name, "f4" if name in XYZ else code) for name, code in self.columns]
@@ -456,11 +472,12 @@ class PlyWriter(Writer):
         return ("\n".join(lines) + "\n").encode("ascii")
 
     def flatten(self, chunk):
-        """The file records of a chunk. The columns of a RecordView that LAS stores as the file does are
-        left for `copy_las_fields`."""
+        """The file records of a chunk. The columns that the chunk's LAS records store as the file does are
+        copied from them by `copy_las_fields`."""
         import numpy as np
         records = np.empty(len(chunk), self.file_dtype)
-        done = self.las_copies(chunk)[1] if isinstance(chunk, RecordView) else ()
+        plan = self.las_copies(chunk) if getattr(chunk.layout, "kind", None) == "las" else None
+        done = plan[1] if plan else ()
         column = 0
         for name in chunk.dtype.names:
             if name in done:
@@ -475,6 +492,8 @@ class PlyWriter(Writer):
                     column_values = self.colours.convert(name, column_values)
                 records[self.columns[column][0]] = column_values
                 column += 1
+        if plan:
+            self.copy_las_fields(plan[0], chunk.records, records)
         return records
 
     def shifted(self, axis, values):
@@ -488,21 +507,23 @@ class PlyWriter(Writer):
                             "do not fit the float that `offset` writes; leave `offset` out to write doubles")
         return moved
 
-    def las_copies(self, view):
-        """How the columns that raw LAS records (a RecordView) hold as the file does are filled (see
-        plan_las_copies); fixed at the item's first block."""
-        if self.las_plan is None:
-            self.las_plan = self.plan_las_copies(view)
-        return self.las_plan
+    def las_copies(self, chunk):
+        """How the columns that a chunk's LAS records hold as the file does are filled (see plan_las_copies),
+        the same for every chunk of a kind."""
+        key = (chunk.records.dtype, chunk.changed)
+        if key not in self.las_plans:
+            self.las_plans[key] = self.plan_las_copies(chunk)
+        return self.las_plans[key]
 
-    def copy_las_fields(self, block, records):
+    @staticmethod
+    def copy_las_fields(steps, block, records):
         """Fills those columns of `records` from raw LAS records with one numpy call per run of them:
         fields stored alike are copied as bytes, and the bit fields of one stored byte are looked up in a
         table."""
         import numpy as np
         block = np.ascontiguousarray(block)  # the reader's blocks are: no copy
         ours, theirs = records.view(np.uint8).reshape(len(records), -1), block.view(np.uint8).reshape(len(block), -1)
-        for start, size, source in self.las_plan[0]:
+        for start, size, source in steps:
             target = ours[:, start:start + size].view(f"V{size}")[:, 0]
             if isinstance(source, int):
                 target[...] = theirs[:, source:source + size].view(f"V{size}")[:, 0]
@@ -510,24 +531,25 @@ class PlyWriter(Writer):
                 stored, table = source
                 target[...] = table[block[stored]]
 
-    def plan_las_copies(self, view):
+    def plan_las_copies(self, chunk):
         """(steps, names): each step is (offset in our record, size, LAS offset or (stored field, table))."""
         import numpy as np
-        block_fields, our_fields = view.block.dtype.fields, self.file_dtype.fields
+        block_fields, our_fields, layout = chunk.records.dtype.fields, self.file_dtype.fields, chunk.layout
         steps, done = [], set()
-        for name in view.dtype.names:
-            if name in XYZ or name in COLOURS or name not in our_fields or view.dtype[name].shape:
+        for name in chunk.names:
+            if name in XYZ or name in COLOURS or name not in our_fields or chunk.dtype[name].shape \
+                    or name in chunk.changed:
                 continue
             start, code = our_fields[name][1], our_fields[name][0]
             last = steps[-1] if steps and steps[-1][0] + steps[-1][1] == start else None
-            if view.stored_as_is(name) and block_fields[name][0] == code:
+            if layout.stored_as_is(chunk.records, name, chunk.dtype[name]) and block_fields[name][0] == code:
                 offset = block_fields[name][1]
                 if last and isinstance(last[2], int) and last[2] + last[1] == offset:
                     steps[-1] = (last[0], last[1] + code.itemsize, last[2])
                 else:
                     steps.append((start, code.itemsize, offset))
-            elif name in view.packed and code == np.uint8:
-                stored, mask, shift = view.packed[name]
+            elif name in layout.packed and code == np.uint8:
+                stored, mask, shift = layout.packed[name]
                 if last and not isinstance(last[2], int) and last[2][0] == stored:
                     steps[-1] = (last[0], last[1] + 1, (stored, last[2][1] + [(mask, shift)]))
                 else:
@@ -543,11 +565,14 @@ class PlyWriter(Writer):
                 steps[index] = (start, size, (stored, table.view(f"V{size}")[:, 0]))
         return steps, done
 
-    def write(self, chunk):
-        self.write_records(self.records(chunk))
+    def prepare(self, chunk):
+        return self.records(chunk)
+
+    def write(self, records):
+        self.write_records(records)
 
     def records(self, chunk):
-        """The file records of a chunk; needs no file, so the fast path runs it in its compute thread."""
+        """The file records of a chunk; needs no file (see Writer)."""
         import numpy as np
         if self.offset == "first chunk" and len(chunk):
             self.offset = [float(choose_offset(chunk[a].min(), 1.0)) for a in XYZ]
@@ -570,19 +595,6 @@ class PlyWriter(Writer):
                 self.hash.update(data)
             self.handle.write(data)
         self.count += len(records)
-
-    def prepare_raw(self, block, xyz):
-        records = self.records(self.raw.view(block, xyz, self.dtype))
-        if self.hashing:  # the writing thread hashes: the compute thread copies the LAS fields too
-            self.copy_las_fields(block, records)
-            return None, records
-        return block, records  # the writing thread has time to spare: it copies them
-
-    def write_raw(self, prepared):
-        block, records = prepared
-        if block is not None:
-            self.copy_las_fields(block, records)
-        self.write_records(records)
 
     def close(self):
         if self.handle is None:
@@ -624,11 +636,3 @@ class PlySink(Sink):
     def open(self, item, info, staging):
         final = self.targets(item)[0]
         return PlyWriter(self, item, info, staging.create(final), hashing=staging.checksums)
-
-    def open_raw(self, item, info, raw, staging):
-        """The fast path from LAS records: their fields are decoded straight into the PLY records."""
-        if getattr(raw, "kind", None) != "las":
-            return None
-        writer = self.open(item, info, staging)
-        writer.raw = raw
-        return writer

@@ -39,7 +39,7 @@ def run(folder, registry, body, **runner_options):
     from pipeline import config
     from pipeline.runner import Runner
     runner = Runner(config.load(write_config(folder, body), registry), registry, **runner_options)
-    return runner.run(runner.plan())
+    return runner.run(runner.plan()).items
 
 
 def ply_run(folder, registry, source, options=None):
@@ -82,3 +82,10 @@ def demo_copy(tmp_path):
     target = tmp_path / "sample_configs"
     shutil.copytree(REPO / "sample_configs", target, ignore=shutil.ignore_patterns("out", "__pycache__"))
     return target
+
+
+def as_array(chunks):
+    """Every point of some chunks as one numpy structured array, to compare with what a test expects."""
+    from pipeline.chunk import Chunk
+    chunks = list(chunks)
+    return Chunk.joined(chunks, chunks[0].dtype).structured() if chunks else None

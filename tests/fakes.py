@@ -4,10 +4,11 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from pipeline.chunk import Chunk
 from pipeline.errors import StageError
 from pipeline.model import Item, PointStream, StreamInfo
 from pipeline.options import Option, integer, text
-from pipeline.stage import Source, Transform
+from pipeline.stage import Source, Transform, each
 
 DTYPE = np.dtype([("x", "f8"), ("y", "f8"), ("z", "f8"), ("intensity", "u2")])
 
@@ -32,11 +33,11 @@ class CountingSource(Source):
                 for n in range(self.options["items"])]
 
     @contextmanager
-    def read(self, item):
+    def read(self, item, decision=None):
         data = points(item.index, self.options["points"])
         size = self.options["chunk_size"]
         yield PointStream(StreamInfo(dtype=DTYPE, source_format="memory", point_count=len(data)),
-                          (data[i:i + size] for i in range(0, len(data), size)))
+                          (Chunk.of(data[i:i + size]) for i in range(0, len(data), size)))
 
 
 class FailingTransform(Transform):
@@ -52,7 +53,7 @@ class FailingTransform(Transform):
                     raise KeyboardInterrupt
                 raise StageError(f"{self.label}: boom on {item.name}")
             return chunk
-        return info, function
+        return info, each(function)
 
 
 class WholeCloudTransform(Transform):
@@ -64,10 +65,8 @@ class WholeCloudTransform(Transform):
     def start(self, item, info, decision=None):
         def function(chunk):
             logging.getLogger("tests").info("whole cloud chunk of %d", len(chunk))
-            out = chunk.copy()
-            out["intensity"] = len(chunk)
-            return out
-        return info, function
+            return chunk.with_columns({"intensity": np.full(len(chunk), len(chunk), np.uint16)})
+        return info, each(function)
 
 
 ENTRIES = {

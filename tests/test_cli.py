@@ -77,11 +77,11 @@ def test_same_config_and_inputs_give_the_same_bytes(demo_copy, tmp_path):
 
 
 def test_outputs_are_read_back_for_their_checksum_only_when_a_report_is_asked_for(demo_copy, tmp_path, monkeypatch):
-    import pipeline.runner
+    import pipeline.run_item
 
     read_back = []
-    real = pipeline.runner.file_digest
-    monkeypatch.setattr(pipeline.runner, "file_digest", lambda path: read_back.append(path) or real(path))
+    real = pipeline.run_item.file_digest
+    monkeypatch.setattr(pipeline.run_item, "file_digest", lambda path: read_back.append(path) or real(path))
     assert main(["run", "-q", "--jobs", "1", str(demo_copy / "demo.yaml")]) == 0
     assert read_back == []
     assert main(["run", "-q", "--jobs", "1", "--report", str(tmp_path / "run.json"), str(demo_copy / "demo.yaml")]) == 0

@@ -266,7 +266,7 @@ def check_against_wtm(check_world, compose_mode, world, matrices, scale, world_s
 class AlignTransform(Transform):
     """Puts every Cupix sub into the world frame: group.tm · diag(scale) · sub.tm by default (see `compose`)."""
 
-    coordinates_only = True
+    moves_points = True
 
     options = (
         Option("layout", choice("auto", *LAYOUTS), "how Cupix stores the 16 numbers (auto: detected per matrix)",

@@ -203,7 +203,7 @@ class CupixSource(Source):
         self._keys = {cache_key(s["id"]) for s in subs}
         return items
 
-    def prefetch(self, items):
+    def prefetch(self, items, decisions=None):
         """Starts downloading every item, `concurrency` at a time; `read` waits for its own."""
         from .download import DownloadProgress
 
@@ -234,7 +234,7 @@ class CupixSource(Source):
             return future.result() if future is not None else self._fetch(item)
 
     @contextmanager
-    def read(self, item):
+    def read(self, item, decision=None):
         from ..files import read_file
 
         path = self.local_file(item)

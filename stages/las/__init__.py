@@ -2,9 +2,9 @@
 streaming reader (reader.py), the writer with its LAZ batching (writer.py) and `sink.las` (sink.py)."""
 from .header import check_header
 from .reader import read_las
-from .records import RecordView, all_points, described
+from .records import LasLayout, all_points, described
 from .sink import LasSink
 from .writer import choose_offset, fit_values
 
-__all__ = ["LasSink", "RecordView", "all_points", "check_header", "choose_offset", "described", "fit_values",
+__all__ = ["LasSink", "LasLayout", "all_points", "check_header", "choose_offset", "described", "fit_values",
            "read_las"]

@@ -246,3 +246,33 @@ class PatchedFile(io.RawIOBase):
     def close(self):
         self._file.close()
         super().close()
+
+
+def header_facts(source, header, compressed):
+    """What a LAS writer needs of an input's header, as plain data that pickles: the bytes of its header and
+    VLRs and of its EVLRs, as laspy read them (through `source`, the file as laspy saw it, patches and all)."""
+    position = source.tell()
+    try:
+        source.seek(0)
+        head = source.read(header.offset_to_point_data)
+        evlrs = b""
+        if header.version.minor >= 4 and header.number_of_evlrs and header.start_of_first_evlr:
+            source.seek(header.start_of_first_evlr)
+            evlrs = source.read()
+    finally:
+        source.seek(position)
+    return {"header": head, "evlrs": evlrs, "evlr_count": header.number_of_evlrs if evlrs else 0,
+            "compressed": compressed}
+
+
+def header_of(facts):
+    """The laspy header of `header_facts`, read again from its bytes (a new object each time)."""
+    return laspy_module().LasHeader.read_from(io.BytesIO(facts["header"]))
+
+
+def evlrs_of(facts):
+    """The EVLRs of `header_facts`, read again from their bytes."""
+    if not facts["evlr_count"]:
+        return []
+    from laspy.vlrs.vlrlist import VLRList
+    return list(VLRList.read_from(io.BytesIO(facts["evlrs"]), facts["evlr_count"], extended=True))

@@ -1,10 +1,11 @@
-"""LAS point records as chunks: the chunk layout of a point format, real-world x, y, z from the stored
-integers, bit fields, and raw records read like a chunk (RecordView); shared by the reader and the writer."""
+"""LAS point records in chunks: the chunk layout of a point format, real-world x, y, z from the stored
+integers, bit fields, and the layout that decodes a chunk's columns from its records (LasLayout); shared by
+the reader and the writer."""
 import functools
 import re
 
 from pipeline.errors import SourceError
-from pipeline.model import XYZ, Coordinates
+from pipeline.model import XYZ
 
 from .header import laspy_module
 
@@ -64,22 +65,13 @@ def stored_xyz(records):
 
 
 def scaled(records, scales, offsets):
-    """Real-world x, y, z of LAS point records, computed one way for every path: X * scale + offset."""
+    """Real-world x, y, z of LAS point records as a (3, n) float64 array, computed one way for every path:
+    X * scale + offset."""
     import numpy as np
     xyz = np.empty((3, len(records)))  # rows contiguous, whatever the layout of the records
     np.multiply(stored_xyz(records), np.asarray(scales, dtype=np.float64)[:, None], out=xyz)
     xyz += np.asarray(offsets, dtype=np.float64)[:, None]
-    return Coordinates(xyz)
-
-
-def to_chunk(points, dtype):
-    import numpy as np
-    chunk = np.empty(len(points), dtype)
-    for axis, values in zip(XYZ, scaled(points.array, points.scales, points.offsets).xyz):
-        chunk[axis] = values
-    for name in dtype.names[3:]:
-        chunk[name] = points[name]
-    return chunk
+    return xyz
 
 
 def all_points(parts, path, count):
@@ -114,34 +106,29 @@ def unpacked(records, packed):
     return values
 
 
-class RecordView:
-    """Raw LAS records read like a chunk: x, y, z from the moved `xyz`, every other field decoded when asked
-    for, to the chunk's type, exactly as the chunk path decodes it (to_chunk): fields stored as the chunk
-    holds them are handed out as they are, bit fields are unpacked, and laspy decodes the rest (scaled
-    extra dimensions)."""
+class LasLayout:
+    """How the columns of a chunk are decoded from its LAS records (Chunk.layout), to the chunk's types, as
+    laspy decodes them: fields stored as the chunk holds them are handed out as they are, bit fields are
+    unpacked, and laspy decodes the rest (scaled extra dimensions)."""
 
-    def __init__(self, block, xyz, header, dtype):
-        self.block, self.xyz, self.dtype, self.header = block, xyz, dtype, header
-        self.packed = packed_fields(header.point_format.id)
+    kind = "las"
 
-    def __len__(self):
-        return len(self.xyz)
+    def __init__(self, header):
+        self.header = header
+        self.point_format_id = header.point_format.id
+        self.packed = packed_fields(self.point_format_id)
 
-    def stored_as_is(self, name):
-        """True when the block stores field `name` exactly as the chunk would hold it."""
-        block = self.block.dtype
-        return name in block.names and name not in self.packed and block[name] == self.dtype[name]
+    def stored_as_is(self, records, name, wanted):
+        """True when the records store field `name` exactly as a chunk column of type `wanted` holds it."""
+        return name in records.dtype.names and name not in self.packed and records.dtype[name] == wanted
 
-    def __getitem__(self, name):
+    def decode(self, records, name, wanted):
         import numpy as np
-        if name in XYZ:
-            return self.xyz[name]
-        wanted = self.dtype[name]
         if name in self.packed:
-            return unpacked(self.block, self.packed[name]).astype(wanted.base, copy=False)
-        if self.stored_as_is(name):
-            return self.block[name]
-        points = laspy_module().ScaleAwarePointRecord(self.block, self.header.point_format, self.header.scales,
+            return unpacked(records, self.packed[name]).astype(wanted.base, copy=False)
+        if self.stored_as_is(records, name, wanted):
+            return records[name]
+        points = laspy_module().ScaleAwarePointRecord(records, self.header.point_format, self.header.scales,
                                                       self.header.offsets)
         return np.asarray(points[name]).astype(wanted.base, copy=False)
 

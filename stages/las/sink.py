@@ -1,11 +1,16 @@
 """`sink.las`: LAS or LAZ by the path's extension."""
+import logging
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline.errors import OptionError
 from pipeline.options import Option, boolean, one_of_values, template, xyz_numbers
 from pipeline.stage import Sink
 
+from .header import header_of
 from .writer import LasWriter
+
+log = logging.getLogger(__name__)
 
 
 class LasSink(Sink):
@@ -31,12 +36,17 @@ class LasSink(Sink):
         final = self.targets(item)[0]
         return LasWriter(self, item, info, staging.create(final), final.suffix.lower() == ".laz")
 
-    def open_raw(self, item, info, raw, staging):
-        """The fast path: the input's own LAS records, written as they are but for X, Y, Z."""
-        if getattr(raw, "kind", None) != "las":
-            return None
-        writer = self.open(item, info, staging)
-        if writer.header.point_format.dtype() != raw.dtype:
-            writer.abort()
-            return None
-        return writer
+    def merged_info(self, infos):
+        """The first item's header is the model (VLRs, version); the finest scale of any item is kept, and the
+        offset is chosen from the union of the bounds, since items may lie far apart."""
+        import numpy as np
+        info = super().merged_info(infos)
+        facts = {key: value for key, value in info.format_facts.items() if key == "created"}
+        las = [i.format_facts.get("las") for i in infos]
+        if all(las):
+            headers = [header_of(f) for f in las]
+            scales = np.min([h.scales for h in headers], axis=0)
+            facts["las"] = {**las[0], "scales": scales.tolist(), "merged": True}
+            if len({(h.point_format.id, tuple(h.scales)) for h in headers}) > 1:
+                log.info("merge: the items have different LAS layouts; writing scale %s", scales.tolist())
+        return replace(info, format_facts=facts)

@@ -1,6 +1,6 @@
 """Writing LAS and LAZ: the header chosen from the input's (version, point format, scale, offsets, VLRs),
-records filled from chunks or moved raw records, LAZ compressed in batches in a thread of its own."""
-import copy
+records copied from the chunk's own LAS records or filled from its columns, LAZ compressed in batches in a
+thread of its own."""
 import datetime
 import io
 import logging
@@ -13,10 +13,10 @@ from contextlib import contextmanager
 
 from pipeline.background import signals_deferred
 from pipeline.errors import SinkError
-from pipeline.model import XYZ, Coordinates, copy_records
+from pipeline.model import XYZ, copy_records
 from pipeline.stage import Writer
 
-from .header import laspy_module
+from .header import evlrs_of, header_of, laspy_module
 from .records import packed_fields, stored_xyz, unpacked
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,9 @@ class LasWriter(Writer):
         names = set(info.dtype.names)
         wanted = self.sink.options["version"]
         if facts:
-            header = copy.deepcopy(facts["header"])
+            header = header_of(facts)
+            if facts.get("scales") is not None:  # several items merged: the finest scale of any of them
+                header.scales = np.array(facts["scales"])
             header.vlrs = [v for v in header.vlrs if type(v).__name__ != "LasZipVlr"]
             current = str(header.version)
             version = wanted or ("1.2" if current == "1.0" else current)  # laspy writes 1.1 and later
@@ -166,7 +168,8 @@ class LasWriter(Writer):
         return header
 
     def kept_evlrs(self, info):
-        evlrs = info.format_facts.get("las", {}).get("evlrs") or []
+        facts = info.format_facts.get("las")
+        evlrs = evlrs_of(facts) if facts else []
         if evlrs and self.header.version.minor < 4:
             log.warning("%s: %d EVLR(s) dropped: LAS %s has no EVLRs", self.where, len(evlrs), self.header.version)
             return []
@@ -218,23 +221,23 @@ class LasWriter(Writer):
         except Exception as error:
             raise SinkError(f"{self.where}: cannot write {self.sink.targets(self.item)[0]}: {error}") from error
 
-    def quantised(self, coordinates):
-        """The integers that store `coordinates` (model.Coordinates) with the header's scales and offsets,
-        as a (3, n) float array of whole numbers, and the lowest and highest of each axis; refuses values
-        that do not fit int32. Needs no file, so the fast path runs it in its compute thread."""
+    def quantised(self, chunk):
+        """The integers that store the chunk's x, y, z with the header's scales and offsets, as a (3, n) float
+        array of whole numbers, and the lowest and highest of each axis; refuses values that do not fit
+        int32."""
         import numpy as np
-        if not len(coordinates):
+        if not len(chunk):
             return np.empty((3, 0)), []
-        self.fix_offsets(coordinates)
+        self.fix_offsets(chunk)
         scales, offsets = self.header.scales, self.header.offsets
         with np.errstate(over="ignore", invalid="ignore"):  # what does not fit is refused below, in one line
-            values = np.subtract(coordinates.xyz, offsets[:, None])
+            values = np.subtract(chunk.xyz, offsets[:, None])
             values /= scales[:, None]
             np.rint(values, out=values)
         lows, highs = values.min(axis=1), values.max(axis=1)
         for index, axis in enumerate(XYZ):
             if not (INT32_MIN <= lows[index] and highs[index] <= INT32_MAX):  # also false for NaN
-                values = coordinates[axis]
+                values = chunk[axis]
                 raise SinkError(f"{self.where}: {axis} values {values.min()}..{values.max()} do not fit LAS 32-bit "
                                 f"integers with scale {scales[index]:g} and offset {offsets[index]:g}")
         return values, list(zip(lows.astype(np.int64).tolist(), highs.astype(np.int64).tolist()))
@@ -324,16 +327,26 @@ class LasWriter(Writer):
                 raise self.file.raw.error from None
             raise
 
-    def write(self, chunk):
+    def prepare(self, chunk):
+        """The chunk's records and their quantised coordinates; needs no file (see Writer)."""
+        return (self.records_of(chunk), *self.quantised(chunk))
+
+    def records_of(self, chunk):
+        """The chunk's points as records of the output's point format: a copy of its own LAS records when
+        they are of that format (only the attributes a stage changed are set again), else filled column by
+        column. X, Y and Z are set by `append`."""
         import numpy as np
-        if not len(chunk):
-            return
-        self.fix_offsets(chunk)
-        records = np.zeros(len(chunk), self.header.point_format.dtype())
+        dtype = self.header.point_format.dtype()
+        if getattr(chunk.layout, "kind", None) == "las" and chunk.records.dtype == dtype:
+            records, names = copy_records(chunk.records), [n for n in chunk.names[3:] if n in chunk.changed]
+        else:
+            records, names = np.zeros(len(chunk), dtype), chunk.names[3:]
+        if not names:
+            return records
         record = self.laspy.ScaleAwarePointRecord(records, self.header.point_format, self.header.scales,
                                                   self.header.offsets)  # scaled extra dims take real values
         formats = {d.name: d for d in self.header.point_format.dimensions}
-        for name in chunk.dtype.names[3:]:
+        for name in names:
             dimension = formats[name]
             values = chunk[name]
             if dimension.is_standard and dimension.kind.name != "BitField":
@@ -344,13 +357,9 @@ class LasWriter(Writer):
                     raise SinkError(f"{self.where}: field {name!r} has value {values.max()} that does not fit "
                                     f"its {dimension.num_bits} bits")
             record[name] = values
-        self.append(records, *self.quantised(Coordinates.of(chunk)))
+        return records
 
-    def prepare_raw(self, block, xyz):
-        """Raw records of the writer's own point format get their X, Y, Z from `xyz` (see Writer)."""
-        return (block, *self.quantised(xyz))
-
-    def write_raw(self, prepared):
+    def write(self, prepared):
         if len(prepared[0]):
             self.append(*prepared)
 

@@ -9,7 +9,7 @@ import pytest
 from pipeline.errors import MissingDependency
 from stages.files import read_file
 from tests.plyfile_plain import read_plain_ply
-from tests.conftest import run
+from tests.conftest import as_array, run
 
 
 def expected_scans(path):
@@ -37,7 +37,7 @@ def read_all(path, chunk_size=1000):
     with read_file(str(path), chunk_size) as stream:
         chunks = list(stream.chunks)
         info = stream.info
-    return info, chunks, np.concatenate(chunks)
+    return info, chunks, as_array(chunks)
 
 
 @pytest.mark.parametrize("name, scan_counts", [("e57/A4.e57", [4]), ("e57/A_B.e57", [2, 4])])

@@ -8,7 +8,7 @@ from pipeline.errors import SinkError, SourceError
 from stages import las
 from stages.las import writer
 from stages.las import check_header, choose_offset, fit_values, read_las
-from tests.conftest import make_las, run
+from tests.conftest import as_array, make_las, run
 
 
 def test_reader_streams_bounded_chunks_with_exact_values(conformance):
@@ -18,7 +18,7 @@ def test_reader_streams_bounded_chunks_with_exact_values(conformance):
         assert stream.info.point_count == 23875
         assert stream.info.source_format == "las"
     assert [len(c) for c in chunks] == [5000] * 4 + [3875]
-    joined = np.concatenate(chunks)
+    joined = as_array(chunks)
     assert joined.dtype["x"] == np.float64
     assert np.array_equal(joined["x"], original.x) and np.array_equal(joined["z"], original.z)
     for name in ("intensity", "return_number", "classification", "red", "gps_time", "point_source_id"):
@@ -388,7 +388,7 @@ def test_header_bounds_its_points_cannot_have_are_left_out_with_a_warning(tmp_pa
     with caplog.at_level("WARNING"):
         with read_las(path, 100) as stream:
             assert stream.info.bounds is None
-            assert len(np.concatenate(list(stream.chunks))) == 10
+            assert len(as_array(stream.chunks)) == 10
     assert caplog.messages == [f"{path}: header bounds are not within what its scale and offset can store; they are "
                                "left out"]
 

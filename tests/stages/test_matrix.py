@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline.chunk import Chunk
 from pipeline.model import Bounds, StreamInfo
 from stages.matrix import (apply, apply_to_chunk, as_matrix, check_affine, invert, matrix_transform,
                           read_matrix_file, transform_bounds)
@@ -107,9 +108,10 @@ def test_bounds_of_moved_points_lie_inside_moved_bounds():
 
 
 def test_chunk_is_copied_and_other_fields_kept():
-    chunk = np.zeros(2, [("x", "f8"), ("y", "f8"), ("z", "f8"), ("intensity", "u2")])
-    chunk["x"] = [1, 2]
-    chunk["intensity"] = [7, 9]
+    array = np.zeros(2, [("x", "f8"), ("y", "f8"), ("z", "f8"), ("intensity", "u2")])
+    array["x"] = [1, 2]
+    array["intensity"] = [7, 9]
+    chunk = Chunk.of(array)
     moved = apply_to_chunk(as_matrix(SHIFT), chunk, (0.0, 0.0, 0.0))
     assert chunk["x"].tolist() == [1, 2]  # the input is untouched
     assert moved["x"].tolist() == [11, 12] and moved["y"].tolist() == [20, 20]

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.errors import SourceError
 from stages.ply import parse_header, read_ply
-from tests.conftest import run
+from tests.conftest import as_array, run
 from tests.plyfile_plain import read_plain_ply
 
 
@@ -32,7 +32,7 @@ def test_binary_both_endiannesses_stream_in_chunks(tmp_path, order):
     with read_ply(tmp_path / "c.ply", chunk_size=1000) as stream:
         chunks = list(stream.chunks)
     assert [len(c) for c in chunks] == [1000, 1000, 500]
-    joined = np.concatenate(chunks)
+    joined = as_array(chunks)
     assert joined.dtype.names == ("x", "y", "z", "red", "scalar_class")
     assert joined.dtype["z"] == np.float64
     for name in records.dtype.names:
@@ -185,7 +185,7 @@ def test_binary_coordinates_that_are_not_finite_are_refused_naming_the_vertex(tm
     assert str(error.value) == f"{tmp_path / 'c.ply'}: vertex 2101: y inf is not a finite number"
     records["y"][2100] = 0
     write_binary_ply(tmp_path / "c.ply", records, "<")
-    assert np.isnan(np.concatenate(read_all(tmp_path / "c.ply"))["intensity"][5])
+    assert np.isnan(as_array(read_all(tmp_path / "c.ply"))["intensity"][5])
 
 
 def test_nan_coordinates_stop_the_cli_with_one_line(tmp_path):
@@ -220,7 +220,7 @@ def test_a_short_ascii_file_is_an_error_or_read_with_truncated_read(tmp_path, ca
                                 "reads what is there)")
     with caplog.at_level("WARNING"):
         chunks = read_all(path, chunk_size=2, truncated="read")
-    assert np.concatenate(chunks)["x"].tolist() == [1, 4]
+    assert as_array(chunks)["x"].tolist() == [1, 4]
     assert caplog.messages == [f"{path}: PLY header promises 5 vertices but the file holds 2; reading 2"]
 
 
@@ -234,7 +234,7 @@ def test_a_short_binary_file_is_read_with_truncated_read(tmp_path, caplog):
         with read_ply(tmp_path / "c.ply", 3, "read") as stream:
             assert stream.info.point_count == 8
             chunks = list(stream.chunks)
-    assert np.concatenate(chunks)["x"].tolist() == list(range(8))
+    assert as_array(chunks)["x"].tolist() == list(range(8))
     assert caplog.messages == [f"{tmp_path / 'c.ply'}: PLY header promises 10 vertices but the file holds 8; reading 8"]
 
 
@@ -289,7 +289,7 @@ def test_signalling_nans_in_binary_data_give_no_numpy_warning(tmp_path):
     write_binary_ply(tmp_path / "c.ply", records, "<")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert np.isnan(np.concatenate(read_all(tmp_path / "c.ply"))["scalar"][1])
+        assert np.isnan(as_array(read_all(tmp_path / "c.ply"))["scalar"][1])
         records["z"].view("u4")[2] = 0x7FA00000
         write_binary_ply(tmp_path / "c.ply", records, "<")
         with pytest.raises(SourceError) as error:
