@@ -88,9 +88,6 @@ class CupixSource(Source):
 
     def __init__(self, options, label=""):
         super().__init__(options, label)
-        self._entries = []
-        self._keys = set()
-        self._since = time.time()  # with --refresh, a file downloaded since then (by any run) is fresh
         self._forget_connections()
         me = weakref.ref(self)
         os.register_at_fork(after_in_child=lambda: me() and me()._forget_connections())
@@ -103,7 +100,7 @@ class CupixSource(Source):
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._progress = None
-        self._swept = False
+        self._swept = False  # a process sweeps the cache once, before its first download
 
     def client(self):
         if self._client is None:
@@ -166,7 +163,6 @@ class CupixSource(Source):
 
     def _items(self):
         from .alignment import sixteen
-        from .download import cache_key
 
         entries = self.list_entries()
         listing = Listing(entries)
@@ -176,6 +172,7 @@ class CupixSource(Source):
         except CupixError as error:
             sub = next(s for s in subs if parent_id(s) not in listing.by_id)
             raise SourceError(f"pointcloud {sub['id']}: its group {parent_id(sub)} cannot be fetched: {error}") from error
+        raw = {entry_id(e): e for e in entries}
         items = []
         for index, sub in enumerate(subs):
             group = listing.group_of(sub)
@@ -197,13 +194,22 @@ class CupixSource(Source):
                               point_count=prop.get("original_point_count"),
                               fields={"sub": sub["id"], "group": group["id"], "capture": capture},
                               metadata={"cupix": {"sub": sub, "group": group, "capture_id": capture or None},
-                                        "endpoint": endpoint}))
-        used = {s["id"] for s in subs} | {item.fields["group"] for item in items}
-        self._entries = [e for e in entries if entry_id(e) in used]
-        self._keys = {cache_key(s["id"]) for s in subs}
+                                        "endpoint": endpoint, "entries": [raw[sub["id"]], raw[group["id"]]]}))
         return items
 
-    def prefetch(self, items, decisions=None):
+    def prepare(self, items):
+        """What every download of the run needs, as plain data: the listing entries of the run's subs and
+        groups (kept in the cache manifest), the cache keys of its subs (a sweep of the cache leaves their
+        parts alone) and the time the run started (with `refresh`, a file downloaded since is fresh). The
+        decisions share one list of entries and one of keys, which a pickled plan then holds once."""
+        from .download import cache_key
+
+        entries = list({entry_id(e): e for item in items for e in item.metadata["entries"]}.values())
+        keys = sorted(cache_key(item.metadata["cupix"]["sub"]["id"]) for item in items)
+        run = {"entries": entries, "keys": keys, "since": time.time()}
+        return {item.index: run for item in items}
+
+    def prefetch(self, items, decisions):
         """Starts downloading every item, `concurrency` at a time; `read` waits for its own."""
         from .download import DownloadProgress
 
@@ -212,32 +218,32 @@ class CupixSource(Source):
                 self._progress = DownloadProgress(len(items))
                 self._pool = DaemonPool(self.options["concurrency"])
                 for item in items:
-                    self._downloads[item.index] = self._pool.submit(self._fetch, item)
+                    self._downloads[item.index] = self._pool.submit(self._fetch, item, decisions[item.index])
 
-    def _fetch(self, item):
+    def _fetch(self, item, run):
         from .download import Downloader
 
         cache = self.cache()
         with self._lock:
             if not self._swept:  # the parts that dead runs left for subs this run does not fetch
                 self._swept = True
-                cache.sweep(self._keys)
+                cache.sweep(set(run["keys"]))
         o = self.options
         downloader = Downloader(self.client(), cache, refresh=o["refresh"], stop=self._stop, progress=self._progress,
-                                since=self._since, min_rate=o["min_rate"] * 1000, rate_window=o["min_rate_window"])
-        return downloader.fetch(item.metadata["cupix"]["sub"], item.metadata["endpoint"], self._entries)
+                                since=run["since"], min_rate=o["min_rate"] * 1000, rate_window=o["min_rate_window"])
+        return downloader.fetch(item.metadata["cupix"]["sub"], item.metadata["endpoint"], run["entries"])
 
-    def local_file(self, item):
+    def local_file(self, item, run):
         with self._lock:
             future = self._downloads.get(item.index)
         with self._no_token():
-            return future.result() if future is not None else self._fetch(item)
+            return future.result() if future is not None else self._fetch(item, run)
 
     @contextmanager
     def read(self, item, decision=None):
         from ..files import read_file
 
-        path = self.local_file(item)
+        path = self.local_file(item, decision)
         with read_file(path, self.options["chunk_size"]) as stream:
             yield stream
 
