@@ -114,15 +114,20 @@ def integer(minimum=None, maximum=None):
     return Kind(" ".join(["integer", *bounds]), check)
 
 
-def number(minimum=None):
+def number(minimum=None, maximum=None):
     def check(value, context):
         value = typed(value)
         if not is_number(value) or not math.isfinite(value):
             raise OptionError(f"expected a finite number, got {_type_name(value)} {shown(value)}")
         if minimum is not None and value < minimum:
             raise OptionError(f"expected a number >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise OptionError(f"expected a number <= {maximum}, got {value}")
         return float(value)
-    return Kind("number" if minimum is None else f"number >= {minimum}", check)
+    if minimum is not None and maximum is not None:
+        return Kind(f"number from {minimum} to {maximum}", check)
+    return Kind("number" if minimum is None and maximum is None else
+                f"number >= {minimum}" if maximum is None else f"number <= {maximum}", check)
 
 
 def boolean():

@@ -8,7 +8,7 @@ from pipeline.chunk import Chunk
 from pipeline.errors import StageError
 from pipeline.model import Item, PointStream, StreamInfo
 from pipeline.options import Option, integer, text
-from pipeline.stage import Source, Transform, each
+from pipeline.stage import Sink, Source, Transform, Writer, each
 
 DTYPE = np.dtype([("x", "f8"), ("y", "f8"), ("z", "f8"), ("intensity", "u2")])
 
@@ -69,10 +69,39 @@ class WholeCloudTransform(Transform):
         return info, each(function)
 
 
+class MislabelledTransform(Transform):
+    """Adds a column that its stream info does not declare."""
+
+    options = ()
+
+    def start(self, item, info, decision=None):
+        return info, each(lambda chunk: chunk.with_columns({"extra": np.zeros(len(chunk), np.float32)}))
+
+
+class ChunkLengthsSink(Sink):
+    """Logs the length of every chunk it receives."""
+
+    options = (Option("path", text(), "unused", default="unused"),)
+
+    def targets(self, item):
+        return []
+
+    def open(self, item, info, staging):
+        class Lengths(Writer):
+            def write(self, chunk):
+                logging.getLogger("tests").info("chunk of %d", len(chunk))
+
+            def close(self):
+                pass
+        return Lengths()
+
+
 ENTRIES = {
     "source.counting": CountingSource,
     "transform.failing": FailingTransform,
     "transform.whole": WholeCloudTransform,
+    "transform.mislabelled": MislabelledTransform,
+    "sink.lengths": ChunkLengthsSink,
     "sink.las": "stages.las:LasSink",
     "sink.ply": "stages.ply:PlySink",
 }

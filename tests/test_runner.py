@@ -121,3 +121,29 @@ def test_output_may_not_replace_an_input(tmp_path, conformance):
     """
     with pytest.raises(PipelineError, match=r"output .*in.las is an input file of this run; choose another path"):
         run(tmp_path, Real.from_entry_points(), body)
+
+
+def test_what_a_whole_cloud_stage_yields_is_cut_back_to_the_chunk_size(tmp_path, registry, caplog):
+    body = """
+        version: 1
+        stages:
+          - type: source.counting
+            items: 1
+            points: 25
+            chunk_size: 10
+          - type: transform.whole
+          - type: sink.lengths
+    """
+    with caplog.at_level(logging.INFO, logger="tests"):
+        run(tmp_path, registry, body)
+    assert [r.getMessage() for r in caplog.records if r.name == "tests"] == [
+        "whole cloud chunk of 25", "chunk of 10", "chunk of 10", "chunk of 5"]
+
+
+def test_a_chunk_unlike_what_its_stage_declared_is_an_error_naming_the_stage(tmp_path, registry):
+    body = TWO_SINKS.replace("      - type: sink.las", "      - type: transform.mislabelled\n      - type: sink.las", 1)
+    with pytest.raises(StageError) as error:
+        run(tmp_path, registry, body)
+    assert str(error.value) == ("stages[1] (transform.mislabelled): yielded a chunk with attributes x f8, y f8, z f8, "
+                                "intensity u2, extra f4 but declared x f8, y f8, z f8, intensity u2")
+    assert files_under(tmp_path) == ["config.yaml"]
