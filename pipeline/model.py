@@ -93,9 +93,11 @@ def union_bounds(a: Optional[Bounds], b: Optional[Bounds]) -> Optional[Bounds]:
 class StreamInfo:
     """What is known about an item's point stream before the first chunk.
 
+    `dtype` lists the attributes of every chunk: x, y, z as f8, then each attribute with its type.
     `format_facts` is reader-specific detail that a sink of the same format uses to write the data back
-    without loss (for LAS: version, point format, scales, offsets, VLRs). `applied` lists what the
-    transforms did, in order (each a dict with at least `stage`, and `matrix` when points moved).
+    without loss (for LAS: the bytes of the header, VLRs and EVLRs), as plain data that pickles. `applied`
+    lists what the transforms did, in order (each a dict with at least `stage`, and `matrix` when points
+    moved).
     """
 
     dtype: Any

@@ -1,8 +1,9 @@
 """What a source, a transform and a sink must provide.
 
 A stage class declares its options; the config validates them before any I/O and the runner builds
-the stage with the converted values. Stages are built once per process and must keep no per-item
-state on `self`: per-item state lives in what `read`, `open` and `start` return.
+the stage with the converted values. A stage is its options: a worker process rebuilds it from them, so it
+keeps no per-run or per-item state on `self`. What it decides for the run comes from `prepare` as plain
+data that the plan carries; per-item state lives in what `read`, `open` and `start` return.
 """
 from pathlib import Path
 from typing import Callable, ClassVar, ContextManager, Iterable, Iterator, Mapping, Optional
