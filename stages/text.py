@@ -295,12 +295,15 @@ class TextTable:
         an integer of its type."""
         import numpy as np
         for name, values in columns.items():
-            if name in XYZ:
+            field = self.dtype.fields.get(name)
+            if field is None:  # a header word numpy renamed (""): convert fails as it always did
+                problem[:] = True
+            elif name in XYZ:
                 problem |= ~np.isfinite(values)
-            elif self.dtype[name].kind in "iu":
+            elif field[0].kind in "iu":
                 if self.pts and name == "intensity":
                     values = values + PTS_INTENSITY_SHIFT
-                limits = np.iinfo(self.dtype[name])
+                limits = np.iinfo(field[0])
                 problem |= ~((values == np.floor(values)) & (values >= limits.min) & (values <= limits.max))
 
     def count_rows(self, data_lines, counted, first_line):
