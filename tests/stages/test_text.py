@@ -292,3 +292,296 @@ def test_nan_in_an_attribute_that_is_not_a_coordinate_is_kept(tmp_path):
     (tmp_path / "c.xyz").write_text("x y z scalar\n1 2 3 nan\n4 5 6 inf\n")
     _, _, points = read_all(tmp_path / "c.xyz")
     assert np.isnan(points["scalar"][0]) and points["scalar"][1] == np.inf
+
+
+# --- the numpy reader: numbers bit for bit as float(), files exactly as read line by line ---------------------
+
+import struct  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+from unittest import mock  # noqa: E402
+
+from hypothesis import HealthCheck, example, given, settings, strategies as st  # noqa: E402
+
+from stages import text  # noqa: E402
+from stages.text import TextTable, chunk_dtype, read_text, sniff_layout, split_line  # noqa: E402
+from stages.text_numbers import PAD, column_values, decimal_values  # noqa: E402
+
+DIGITS = st.text("0123456789", max_size=20)
+ODD_WORDS = ["nan", "-nan", "inf", "-Infinity", "1_000", "1__0", ".", "-", "+", "e5", "1e", "1.2.3", "--1", "0x10",
+             "1e999", "-1e-999", "5e-324", "1.7976931348623157e308", "9007199254740993", "0.1e22", "1e23", "abc",
+             "1,5", "1d5", "\x7f", "123456789012345678901234567890", "4.9406564584124654e-324"]
+
+
+@st.composite
+def decimals(draw):
+    """[sign] digits [. digits] [e [sign] digits]: what float() reads, from short integers to 40 digits."""
+    word = draw(st.sampled_from(["", "-", "+"])) + draw(DIGITS)
+    if draw(st.booleans()):
+        word += "." + draw(DIGITS)
+    if draw(st.integers(0, 4)) == 0:
+        word += draw(st.sampled_from("eE")) + draw(st.sampled_from(["", "-", "+"])) + str(draw(st.integers(0, 400)))
+    return word
+
+
+TOKENS = st.one_of(decimals(), decimals(), st.sampled_from(ODD_WORDS),
+                   st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=24))
+
+
+def buffer_of(words):
+    """A padded buffer holding the words, one space apart, and each word's start and end."""
+    data = b" " * PAD + " ".join(words).encode() + b" " * PAD
+    lengths = np.array([len(word) for word in words], dtype=np.intp)
+    starts = PAD + np.concatenate(([0], np.cumsum(lengths + 1)[:-1])).astype(np.intp)
+    return np.frombuffer(data, dtype=np.uint8), starts, starts + lengths
+
+
+def assert_as_float(words, values, ok):
+    for word, value, read in zip(words, values.tolist(), ok.tolist()):
+        try:
+            expected = float(word)
+        except ValueError:
+            assert not read, word
+            continue
+        assert read, word
+        assert struct.pack("<d", value) == struct.pack("<d", expected), (word, value, expected)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(TOKENS.filter(bool), min_size=1, max_size=40))
+@example(["-703.7368910", "-23.132", "150", "5", "-9"])  # shorter than the places: no dot where the first has it
+def test_numbers_are_converted_bit_for_bit_as_float_does(words):
+    buffer, starts, ends = buffer_of(words)
+    assert_as_float(words, *decimal_values(buffer, starts, ends))
+    assert_as_float(words, *column_values(buffer, starts, ends))
+
+
+@settings(max_examples=300, deadline=None)
+@given(places=st.integers(0, 9), digits=st.integers(0, 12), data=st.data())
+def test_a_column_of_one_format_with_strays_is_converted_as_float_does(places, digits, data):
+    """column_values takes the dot's place from the first word: words of that format, shorter ones (an integer
+    of fewer characters than the places) and any other word must all come out as float() reads them."""
+    one_format = st.builds(lambda sign, whole, fraction: sign + whole + ("." + fraction if places else ""),
+                           st.sampled_from(["", "-", "+"]), st.text("0123456789", max_size=digits),
+                           st.text("0123456789", min_size=places, max_size=places))
+    words = data.draw(st.lists(st.one_of(one_format, one_format, one_format, TOKENS).filter(bool), min_size=1,
+                               max_size=60))
+    buffer, starts, ends = buffer_of(words)
+    assert_as_float(words, *column_values(buffer, starts, ends))
+
+
+def test_negative_zero_and_the_edges_of_the_fast_path():
+    words = ["-0", "-0.0", "+0", "-.0", "0.000", "9007199254740992", "9007199254740993", "0.9007199254740993",
+             "1234567890123456", "123456789012345.6", "-1.5e-22", "1e22", "1e-22", "1.5e23", "7e-23", "00000000000000001"]
+    buffer, starts, ends = buffer_of(words)
+    values, ok = decimal_values(buffer, starts, ends)
+    assert_as_float(words, values, ok)
+    assert [np.signbit(v) for v in values[:5]] == [True, True, False, True, False]
+
+
+def line_by_line(path, chunk_size, columns, warn):
+    """The reader before the numpy one, kept as the reference: a text handle read line by line, every
+    `chunk_size` rows converted from their words."""
+    pts, columns, delimiter, header = sniff_layout(path, columns)
+    try:
+        dtype = chunk_dtype(columns)
+    except ValueError as error:
+        raise SourceError(f"{path}: {error}") from error
+    if "z" not in columns:
+        warn(f"{path}: no z column; z is set to 0")
+    table = TextTable(path, columns, delimiter, dtype, pts, header)
+    batch, numbers, block = [], [], None
+
+    def check(block):
+        if block and block[1] != block[2]:
+            warn(f"{path}: line {block[0]} says {block[1]} points but {block[2]} follow; reading {block[2]}")
+
+    with open(path, encoding="utf-8-sig", errors="replace") as handle:
+        for number, line in enumerate(handle, start=1):
+            stripped = line.strip()
+            if not stripped or stripped.startswith(("#", "//")):
+                continue
+            if header is not None and stripped == header:
+                header = None
+                continue
+            words = split_line(stripped, delimiter)
+            if pts and len(words) == 1 and words[0].isdigit():
+                check(block)
+                block = [number, int(words[0]), 0]
+                continue
+            if block:
+                block[2] += 1
+            batch.append(words)
+            numbers.append(number)
+            if len(batch) == chunk_size:
+                yield table.convert(batch, numbers)
+                batch, numbers = [], []
+        check(block)
+        if batch:
+            yield table.convert(batch, numbers)
+
+
+class Collect(logging.Handler):
+    def __init__(self):
+        super().__init__()
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def happenings(path, chunk_size, columns=None, fast=True):
+    """What a reader does, in order: ("chunk", its bytes), ("warning", text), ("error", text)."""
+    seen = []
+    handler, logger = Collect(), logging.getLogger("stages.text")
+    logger.addHandler(handler)
+
+    def flush():
+        seen.extend(("warning", message) for message in handler.messages)
+        handler.messages.clear()
+
+    try:
+        if fast:
+            with read_text(str(path), chunk_size, columns) as stream:
+                for chunk in stream.chunks:
+                    flush()
+                    seen.append(("chunk", chunk.dtype.descr, chunk.tobytes()))
+        else:
+            for chunk in line_by_line(str(path), chunk_size, columns, lambda message: seen.append(("warning", message))):
+                seen.append(("chunk", chunk.dtype.descr, chunk.tobytes()))
+    except Exception as error:  # noqa: BLE001 - the same bug must happen the same way too
+        flush()
+        seen.append(("error", type(error).__name__, str(error)))
+    finally:
+        flush()
+        logger.removeHandler(handler)
+    return seen
+
+
+NUMBER_WORDS = st.one_of(st.integers(0, 70000).map(str), st.integers(-3000, 3000).map(str),
+                         st.builds(lambda value, places: f"{value:.{places}f}", st.floats(-1e6, 1e6), st.integers(0, 9)),
+                         decimals(), st.sampled_from(ODD_WORDS + ["7\x01", "\u0661", "１"]))
+
+
+@st.composite
+def text_files(draw):
+    """Text clouds with what the reader must handle: delimiters, CRLF and CR, BOM, blank and comment lines,
+    headers, PTS count lines, rows of the wrong width, words that are not numbers, non-ASCII text."""
+    delimiter = draw(st.sampled_from([None, None, ",", ";"]))
+    width = draw(st.sampled_from([3, 4, 6, 7]))
+    pts = draw(st.booleans())
+    gaps = [" "] if delimiter else [" ", "  ", "\t", " \t ", "\x0b"]
+
+    def row(count):
+        values = draw(st.lists(NUMBER_WORDS, min_size=count, max_size=count))
+        gap = delimiter + draw(st.sampled_from(["", " "])) if delimiter else draw(st.sampled_from(gaps))
+        return draw(st.sampled_from(["", "  "])) + gap.join(values) + draw(st.sampled_from(["", " ", "\t", delimiter or ""]))
+
+    lines = [str(draw(st.integers(0, 30)))] if pts else []
+    if draw(st.integers(0, 4)) == 0:
+        names = draw(st.sampled_from([["X", "Y", "Z"], ["x", "y", "z", "intensity"], ["//X", "Y", "Z", "R", "G", "B"],
+                                      ["x", "y", "z", "scalar"], ["X", "Y", "Z", "Intensité"]]))
+        lines.append((delimiter or " ").join(names))
+    kinds = st.sampled_from(["row"] * 30 + ["other width", "comment", "blank", "count", "odd"])
+    for kind in draw(st.lists(kinds, max_size=draw(st.sampled_from([12, 60, 250])))):
+        if kind == "row":
+            lines.append(row(width))
+        elif kind == "other width":
+            lines.append(row(draw(st.integers(1, 8))))
+        elif kind == "comment":
+            lines.append(draw(st.sampled_from(["# a comment", "// X Y Z", "  # é, ü", "#", "\u00a0# nbsp"])))
+        elif kind == "blank":
+            lines.append(draw(st.sampled_from(["", "  ", "\t", "\x0c", "\u00a0", "\u2003"])))
+        elif kind == "count":
+            lines.append(str(draw(st.integers(0, 9))))
+        else:
+            lines.append(draw(st.sampled_from(["1 2 3 ü", "\u00a01\u00a02 3", "1\u20032\u20033", "x y z", "X,Y,Z",
+                                               "1 2 3\x00", "1\x1c2\x1d3"])))
+    ending = draw(st.sampled_from(["\n", "\n", "\r\n", "\r"]))
+    body = ending.join(lines) + draw(st.sampled_from([ending, ""]))
+    raw = (draw(st.sampled_from(["", "", "\ufeff"])) + body).encode()
+    if draw(st.integers(0, 30)) == 0:
+        raw += b"1 2 \xff\xfe\n"
+    return raw, "pts" if pts else "xyz"
+
+
+COLUMNS = st.sampled_from([None, None, None, ["x", "y", "z"], ["y", "x", "z", "_"], ["x", "y", "intensity"],
+                           ["x", "_", "z", "red", "green", "blue", "_"]])
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(file=text_files(), chunk_size=st.sampled_from([1, 2, 3, 7, 1000]), block=st.sampled_from([1, 5, 16, 64, 1 << 20]),
+       columns=COLUMNS)
+def test_the_numpy_reader_does_exactly_what_reading_line_by_line_did(file, chunk_size, block, columns):
+    """Same chunks (bytes), same warnings, same error, in the same order, whatever the blocks' size."""
+    raw, suffix = file
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"cloud.{suffix}"
+        path.write_bytes(raw)
+        try:
+            expected = happenings(path, chunk_size, columns, fast=False)
+        except SourceError as error:  # the layout itself is refused, before any line is read
+            expected = [("error", str(error))]
+        with mock.patch.object(text, "BLOCK", block):
+            try:
+                found = happenings(path, chunk_size, columns)
+            except SourceError as error:
+                found = [("error", str(error))]
+    assert found == expected
+
+
+def test_a_byte_order_mark_is_dropped_however_small_the_first_read(tmp_path):
+    path = tmp_path / "bom.pts"
+    path.write_bytes(b"\xef\xbb\xbf2\n1 2 3 0 1 1 1\n4 5 6 0 1 1 1\n")
+    with mock.patch.object(text, "BLOCK", 1):
+        info, chunks, points = read_all(path)
+    assert info.point_count == 2 and points["x"].tolist() == [1, 4]
+
+
+def test_a_header_found_in_a_block_that_is_then_read_line_by_line_is_skipped_once(tmp_path):
+    """The header is taken only once the block is known to be read the fast way (a control character in a
+    data row sends it to the line-by-line reader, which must still skip the header)."""
+    path = tmp_path / "h.xyz"  # not taken for text by source.files (a control character), but read_text reads it
+    path.write_bytes(b"x y z\r1 2 3\r4 5 6\x01\r")
+    with pytest.raises(SourceError) as error, read_text(str(path), 10) as stream:
+        list(stream.chunks)
+    assert str(error.value) == f"{path}: line 3: '6\\x01' is not a number"
+
+
+def test_cr_alone_ends_lines(tmp_path):
+    path = tmp_path / "cr.xyz"
+    path.write_bytes(b"1 2 3\r4 5 6\r\r7 8\r")
+    assert read_error(path) == f"{path}: line 4: expected 3 values (x y z), got 2"
+    path.write_bytes(b"1 2 3\r4 5 6\r\n7 8 9")
+    assert read_all(path)[2]["z"].tolist() == [3, 6, 9]
+
+
+def test_short_integers_in_a_column_of_decimals(tmp_path):
+    """A column whose first value has 7 places also holds `150`: read as 150, not as the bytes before it."""
+    path = tmp_path / "mixed.xyz"
+    path.write_text("1;2;-703.7368910\n.5;-23.132;150\n")
+    assert read_all(path)[2]["z"].tolist() == [-703.736891, 150.0]
+
+
+def test_chunks_across_blocks_and_an_error_in_a_later_chunk(tmp_path, caplog):
+    path = tmp_path / "long.pts"
+    lines = ["3"] + [f"{i}.25 {i} -{i}.5 {i % 4000 - 2048} 1 2 3" for i in range(5)] + ["2"] + ["1 2 3 0 1 2 3"] * 2
+    path.write_text("\n".join(lines) + "\n")
+    with mock.patch.object(text, "BLOCK", 40), caplog.at_level(logging.WARNING):
+        _, chunks, points = read_all(path, chunk_size=4)
+    assert [len(c) for c in chunks] == [4, 3]
+    assert points["x"].tolist() == [0.25, 1.25, 2.25, 3.25, 4.25, 1, 1]
+    assert [r.getMessage() for r in caplog.records] == [f"{path}: line 1 says 3 points but 5 follow; reading 5"]
+    path.write_text("\n".join(lines + ["1 2 3 0 1 2 x"]) + "\n")
+    with mock.patch.object(text, "BLOCK", 40):
+        assert read_error(path) == f"{path}: line 10: 'x' is not a number"
+
+
+def test_non_ascii_comments_do_not_slow_the_block(tmp_path):
+    path = tmp_path / "c.xyz"
+    path.write_text("# température, ü\n1 2 3\n\u00a0# nbsp first\n4 5 6\n")
+    table = TextTable(str(path), ["x", "y", "z"], None, chunk_dtype(["x", "y", "z"]), False)
+    with mock.patch.object(TextTable, "slow_block", side_effect=AssertionError("read line by line")):
+        with open(path, "rb") as handle:
+            chunks = list(table.rows(handle, 10))
+    assert chunks[0].tolist() == [(1, 2, 3), (4, 5, 6)]
