@@ -22,10 +22,11 @@ def parse_rows(path, separator=None, skip=0):
 
 
 def read_all(path, chunk_size=1000, columns=None):
+    """The stream info, the chunks and every point as one structured array."""
     with read_file(str(path), chunk_size, columns) as stream:
         chunks = list(stream.chunks)
         info = stream.info
-    return info, chunks, np.concatenate(chunks)
+    return info, chunks, np.concatenate([chunk.structured() for chunk in chunks])
 
 
 def expected_pts(rows):
