@@ -3,6 +3,7 @@
     python tests/perf/bench.py                    # 10 million points, every case
     python tests/perf/bench.py --points 40000000 --cases las
     python tests/perf/bench.py --points 2000000 --repeat 1   # a quick look
+    python tests/perf/bench.py --cases xyzin,ptsin          # text inputs against numpy.loadtxt and pandas
 
 The input is generated deterministically (LAS 1.4, point format 7, offsets near 300 000 / 4 000 000 / 50,
 scale 0.001). Each case runs the pipeline and its reference in alternation, `--repeat` times, as separate
@@ -13,6 +14,7 @@ when no quiet run exists: a row whose stolen time is not near 0 was slowed by th
 This is a benchmark, not a test: it asserts nothing and is not collected by pytest.
 """
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -121,12 +123,40 @@ columns = [np.asarray(points[name]) for name in ("x", "y", "z", "intensity", "re
 np.savetxt(target, np.column_stack(columns), fmt="%.3f %.3f %.3f %d %d %d %d")
 """
 
-# the script a user reads a text cloud with: numpy.loadtxt, then laspy
+# PTS of the first `count` points: a count line, then x y z intensity red green blue, Leica's way (intensity
+# -2048..2047, colours 0..255)
+LAS_TO_PTS = """
+import sys, laspy, numpy as np
+source, target, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with laspy.open(source) as reader:
+    points = reader.read_points(count)
+intensity = (np.asarray(points.intensity) >> 4).astype(np.int64) - 2048
+colours = [np.asarray(points[name]) >> 8 for name in ("red", "green", "blue")]
+with open(target, "w") as handle:
+    handle.write(f"{len(points)}\\n")
+    np.savetxt(handle, np.column_stack([points.x, points.y, points.z, intensity, *colours]),
+               fmt="%.3f %.3f %.3f %d %d %d %d")
+"""
+
+# the scripts a user reads a text cloud with: numpy.loadtxt or pandas.read_csv, then laspy. `skip` lines are
+# skipped (PTS: the count); `shift` is added to the intensity (PTS: -2048..2047 into LAS's range, as we do)
 LOADTXT_LAS = """
 import sys, laspy, numpy as np
 source, target = sys.argv[1], sys.argv[2]
 m = np.array({matrix})
-data = np.loadtxt(source)
+data = np.loadtxt(source, skiprows={skip})
+{write}"""
+
+# sep=" " is pandas' fast single-character tokenizer, right for these files (one space between values); a file
+# with runs of spaces or tabs needs sep=r"\s+", which measured 2.5 times slower
+PANDAS_LAS = """
+import sys, laspy, numpy as np, pandas as pd
+source, target = sys.argv[1], sys.argv[2]
+m = np.array({matrix})
+data = pd.read_csv(source, sep=" ", header=None, skiprows={skip}).to_numpy(dtype=np.float64)
+{write}"""
+
+WRITE_LAS = """
 xyz = data[:, :3] @ m[:3, :3].T + m[:3, 3]
 header = laspy.LasHeader(version="1.4", point_format=7)
 header.scales = np.array([0.001] * 3)
@@ -134,7 +164,7 @@ header.offsets = np.floor(xyz.min(axis=0))
 las = laspy.LasData(header)
 las.x, las.y, las.z = xyz[:, 0], xyz[:, 1], xyz[:, 2]
 for column, name in enumerate(("intensity", "red", "green", "blue"), start=3):
-    las[name] = data[:, column].astype(np.uint16)
+    las[name] = (data[:, column] + ({shift} if name == "intensity" else 0)).astype(np.uint16)
 las.write(target)
 """
 
@@ -230,12 +260,35 @@ def with_and_without_report(args, folder, ours, name, reference, reference_outpu
           "time (config, registry, plan, checksums, report; target < 5%)", flush=True)
 
 
+def text_case(args, folder, text, skip, shift):
+    """A text input into LAS against the numpy.loadtxt script and, when pandas is installed, the pandas one, all
+    three in alternation."""
+    python, matrix = sys.executable, json.dumps(MATRIX)
+    write = WRITE_LAS.format(shift=shift)
+    commands = [[python, "-m", "pipeline", "run", "-q", str(config(folder, [text], ("sink.las", ".las")))],
+                [python, "-c", LOADTXT_LAS.format(matrix=matrix, skip=skip, write=write), str(text),
+                 str(folder / "reference.las")]]
+    pandas = importlib.util.find_spec("pandas") is not None
+    if pandas:
+        commands.append([python, "-c", PANDAS_LAS.format(matrix=matrix, skip=skip, write=write), str(text),
+                         str(folder / "reference.las")])
+    results = best_of(args.repeat, commands, outputs=[folder / "out", folder / "reference.las"])
+    name = f"{text.suffix[1:].upper()} (7 columns) -> matrix -> LAS"
+    row(name, args.text_points, results[0], results[1], target=">= 2x the numpy.loadtxt script, < 150 MB")
+    if pandas:
+        row("  the same against pandas.read_csv", args.text_points, results[0], results[2],
+            target=">= 1x the pandas script")
+    else:
+        print(f"{'  the same against pandas.read_csv':<34} skipped: pandas is not installed (pip install pandas)",
+              flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--cases", default="startup,las,laz,ply,plyin,xyzin,jobs")
-    parser.add_argument("--text-points", type=int, default=2_000_000, help="points of the XYZ input (xyzin)")
+    parser.add_argument("--cases", default="startup,las,laz,ply,plyin,xyzin,ptsin,jobs")
+    parser.add_argument("--text-points", type=int, default=2_000_000, help="points of the XYZ and PTS inputs (xyzin, ptsin)")
     parser.add_argument("--workdir", help="keep inputs here (default: a temporary folder)")
     args = parser.parse_args()
     cases = set(args.cases.split(","))
@@ -255,7 +308,7 @@ def main():
             print(f"{'pipeline ' + words[0]:<34} {seconds:.3f} s (target < 0.3 s)", flush=True)
 
     source = folder / f"input_{args.points}.las"
-    if cases & {"las", "laz", "ply", "plyin", "xyzin"} and not source.exists():
+    if cases & {"las", "laz", "ply", "plyin", "xyzin", "ptsin"} and not source.exists():
         subprocess.run([python, "-c", GENERATE, str(args.points), str(source), "1"], check=True)
     matrix = json.dumps(MATRIX)
     reference_las = [python, "-c", LASPY_STREAMED.format(matrix=matrix), str(source)]
@@ -284,16 +337,12 @@ def main():
                                          str(folder / "reference.las")]],
                           outputs=[folder / "out", folder / "reference.las"])
         row("binary PLY -> matrix -> LAS", args.points, *results, target=">= 5 Mpts/s, < 150 MB")
-    if "xyzin" in cases:
-        text = folder / f"input_{args.text_points}.xyz"
-        if not text.exists():
-            subprocess.run([python, "-c", LAS_TO_XYZ, str(source), str(text), str(args.text_points)], check=True)
-        results = best_of(args.repeat, [pipeline + ["run", "-q", str(config(folder, [text], ("sink.las", ".las")))],
-                                        [python, "-c", LOADTXT_LAS.format(matrix=matrix), str(text),
-                                         str(folder / "reference.las")]],
-                          outputs=[folder / "out", folder / "reference.las"])
-        row("XYZ (7 columns) -> matrix -> LAS", args.text_points, *results,
-            target=">= 2x the numpy.loadtxt script, < 150 MB")
+    for case, suffix, make, skip, shift in (("xyzin", "xyz", LAS_TO_XYZ, 0, 0), ("ptsin", "pts", LAS_TO_PTS, 1, 2048)):
+        if case in cases:
+            text = folder / f"input_{args.text_points}.{suffix}"
+            if not text.exists():
+                subprocess.run([python, "-c", make, str(source), str(text), str(args.text_points)], check=True)
+            text_case(args, folder, text, skip, shift)
     if "jobs" in cases:
         inputs = [folder / f"part_{n}.las" for n in range(8)]
         for n, path in enumerate(inputs):
