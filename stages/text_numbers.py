@@ -118,8 +118,8 @@ def column_values(buffer, starts, ends):
     (as `%.3f` writes them, or integers): the dot is then at the same place in every token, taken out with
     the same masks, and the mantissa divided by one power of ten. Tokens written otherwise take the general way.
     """
-    starts = np.asarray(starts, dtype=np.intp)
-    ends = np.asarray(ends, dtype=np.intp)
+    starts = np.ascontiguousarray(starts, dtype=np.intp)  # gathers by a strided index are slower
+    ends = np.ascontiguousarray(ends, dtype=np.intp)
     if len(starts) == 0:
         return np.zeros(0), np.zeros(0, dtype=bool)
     first = buffer[starts[0]:ends[0]].tobytes()
