@@ -110,6 +110,7 @@ class TextTable:
         self.block = None  # PTS: [line of the count, count promised, points seen]
         self.seen = 0  # data rows read so far
         self.warnings = []  # (data rows before it, message arguments): logged in order with the chunks
+        self.failure = None  # an error met reading a line, raised once the rows before it are converted
 
     def rows(self, handle, chunk_size):
         """The chunks of the file open as `handle` (binary)."""
@@ -123,6 +124,9 @@ class TextTable:
                 self.warn(done + chunk_size)
                 yield self.build(parts)
                 done, count = done + chunk_size, count - chunk_size
+            if self.failure is not None:
+                self.warn(None)
+                raise self.failure
         self.check_block(self.block)
         self.warn(None)
         if count:
@@ -199,7 +203,11 @@ class TextTable:
             row = split_line(stripped, self.delimiter)
             if self.pts and len(row) == 1 and row[0].isdigit():
                 self.check_block(self.block)
-                self.block = [number, int(row[0]), 0]
+                try:
+                    self.block = [number, int(row[0]), 0]
+                except ValueError as error:  # "²" is a digit int() refuses: fail here, after the rows before it
+                    self.failure = error
+                    break
                 continue
             if self.block:
                 self.block[2] += 1
@@ -235,9 +243,16 @@ class TextTable:
             tokens &= buffer != delimiter
         edges = np.flatnonzero(tokens[1:] != tokens[:-1]) + 1
         starts, ends = edges[0::2], edges[1::2]
-        before = np.searchsorted(starts, breaks)  # tokens before each line's end
-        counts = np.diff(before, prepend=0)
-        first = before - counts  # index of each line's first token
+        width = len(self.columns)
+        if len(starts) == width * len(breaks) and len(starts) and (ends[width - 1::width] <= breaks).all() and (
+                starts[width::width] > breaks[:-1]).all():
+            # every line's `width` tokens end before its break and the next line's start after it
+            first = np.arange(0, len(starts), width)
+            counts = np.full(len(breaks), width)
+        else:
+            before = np.searchsorted(starts, breaks)  # tokens before each line's end
+            counts = np.diff(before, prepend=0)
+            first = before - counts  # index of each line's first token
         filled = counts > 0
         irregular = None
         if delimiter is not None:
@@ -263,7 +278,6 @@ class TextTable:
         data_lines = np.flatnonzero(kind == DATA)
         self.count_rows(data_lines, counted, first_line)
 
-        width = len(self.columns)
         regular = counts[data_lines] == width
         if irregular is not None:
             regular &= ~irregular[data_lines]
