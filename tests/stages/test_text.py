@@ -494,7 +494,7 @@ def text_files(draw):
         elif kind == "blank":
             lines.append(draw(st.sampled_from(["", "  ", "\t", "\x0c", "\u00a0", "\u2003"])))
         elif kind == "count":
-            lines.append(str(draw(st.integers(0, 9))))
+            lines.append(draw(st.sampled_from([str(draw(st.integers(0, 9))), "²"])))  # int("²") fails: a bug, kept
         else:
             lines.append(draw(st.sampled_from(["1 2 3 ü", "\u00a01\u00a02 3", "1\u20032\u20033", "x y z", "X,Y,Z",
                                                "1 2 3\x00", "1\x1c2\x1d3"])))
