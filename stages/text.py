@@ -70,7 +70,7 @@ def split_line(line, delimiter):
 
 BLOCK = 1 << 20  # bytes read and converted at a time: some 20,000 lines
 HEADER_LINES = 50  # sniff_layout finds a header among the first 50 lines
-WHITESPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"  # what str.strip() and str.split() take for space in ASCII
+BLANK, DATA, COUNT = 0, 1, 2  # what a line is, for fast_block (comments and the header count as blank)
 
 
 class Rows:
@@ -153,7 +153,7 @@ class TextTable:
             if first and (final or len(data) >= len(BOM)):
                 data, first = data.removeprefix(BOM), False
             if final:
-                carry, cut = b"", len(data)
+                carry = b""
             else:
                 # a CR as the last byte may be the first half of a CRLF: cut before it
                 cut = max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1)) + 1
@@ -244,9 +244,9 @@ class TextTable:
         edges = np.flatnonzero(tokens[1:] != tokens[:-1]) + 1
         starts, ends = edges[0::2], edges[1::2]
         width = len(self.columns)
-        if len(starts) == width * len(breaks) and len(starts) and (ends[width - 1::width] <= breaks).all() and (
-                starts[width::width] > breaks[:-1]).all():
-            # every line's `width` tokens end before its break and the next line's start after it
+        uniform = len(starts) == width * len(breaks) and len(starts) and (ends[width - 1::width] <= breaks).all() and (
+            starts[width::width] > breaks[:-1]).all()  # each line's `width` tokens before its break, the next after
+        if uniform:
             first = np.arange(0, len(starts), width)
             counts = np.full(len(breaks), width)
         else:
@@ -256,7 +256,7 @@ class TextTable:
         filled = counts > 0
         irregular = None
         if delimiter is not None:
-            filled, irregular = self.delimited(buffer, delimiter, tokens, breaks, counts, filled)
+            filled, irregular = self.delimited(buffer, delimiter, tokens, starts, ends, breaks, counts, filled, uniform)
         kind = np.where(filled, DATA, BLANK).astype(np.int8)
         kind[skip] = BLANK
         if (buffer == 35).any() or (buffer == 47).any():  # "#", "/": maybe comment lines
@@ -367,11 +367,17 @@ class TextTable:
         return True
 
     @staticmethod
-    def delimited(buffer, delimiter, tokens, breaks, counts, filled):
+    def delimited(buffer, delimiter, tokens, starts, ends, breaks, counts, filled, uniform):
         """With a delimiter, a line holds data when it holds anything; it is regular when delimiters and tokens
         alternate, starting and ending with a token (no empty value, no two values in one field)."""
         import numpy as np
         marks = np.flatnonzero(buffer == delimiter)
+        width = len(starts) // len(breaks) if uniform else 0
+        if uniform and len(marks) == (width - 1) * len(breaks):
+            marks = marks.reshape(len(breaks), width - 1)  # each between two tokens of one line: all regular
+            if (ends.reshape(-1, width)[:, :-1] <= marks).all() and (marks < starts.reshape(-1, width)[:, 1:]).all():
+                return filled, np.zeros(len(breaks), dtype=bool)
+            marks = marks.ravel()
         per_line = np.diff(np.searchsorted(marks, breaks), prepend=0)
         filled = filled | (per_line > 0)
         irregular = filled & (per_line != counts - 1)
@@ -468,8 +474,6 @@ class TextTable:
             word = batch[index][self.columns.index(axis)].strip()
             raise SourceError(f"{self.path}: line {numbers[index]}: {axis} {word} is not a finite number")
 
-
-BLANK, DATA, COUNT = 0, 1, 2  # what a line is, for fast_block (comments and the header count as blank)
 
 
 def take(parts, count):
