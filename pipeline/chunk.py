@@ -81,15 +81,26 @@ class Chunk:
                      self.changed | set(columns))
 
     def take(self, selection) -> "Chunk":
-        """The points a boolean mask or an index array selects, in that order: one pass over each array."""
-        records = self.records[selection] if self.records is not None else None
-        return Chunk(self.xyz[:, selection], self.dtype, {k: v[selection] for k, v in self.columns.items()},
-                     records, self.layout, self.changed)
+        """The points a boolean mask, an index array or a slice selects, in that order: one pass over each
+        array. Records are taken as whole records of bytes (numpy takes a structured array field by field, 15
+        times slower for LAS records) and x, y, z with one call for the three rows."""
+        import numpy as np
+        if isinstance(selection, slice):
+            return self.cut(selection.start, selection.stop, selection.step)
+        selection = np.asarray(selection)
+        pick = ((lambda values, axis=0: np.compress(selection, values, axis=axis)) if selection.dtype == bool
+                else (lambda values, axis=0: np.take(values, selection, axis=axis)))
+        records = self.records
+        if records is not None:
+            records = pick(records.view(np.dtype((np.void, records.dtype.itemsize)))).view(records.dtype)
+        return Chunk(pick(self.xyz, 1), self.dtype, {k: pick(v) for k, v in self.columns.items()}, records,
+                     self.layout, self.changed)
 
-    def cut(self, start, stop) -> "Chunk":
-        """Points start..stop, as views."""
-        records = self.records[start:stop] if self.records is not None else None
-        return Chunk(self.xyz[:, start:stop], self.dtype, {k: v[start:stop] for k, v in self.columns.items()},
+    def cut(self, start, stop, step=None) -> "Chunk":
+        """Points start..stop (every step-th), as views."""
+        part = slice(start, stop, step)
+        records = self.records[part] if self.records is not None else None
+        return Chunk(self.xyz[:, part], self.dtype, {k: v[part] for k, v in self.columns.items()},
                      records, self.layout, self.changed)
 
     def pieces(self, size):

@@ -123,7 +123,7 @@ def test_config_errors_exit_1_with_one_line_each(tmp_path):
     assert done.stderr.splitlines() == [
         f"error: {path}:6: stages[1] (transform.matrix) > matrix: expected 16 numbers, got 15",
         f"error: {path}:8: stages[2] (sink.lass): unknown stage type 'sink.lass'; did you mean 'sink.las'? "
-        "(known: sink.las, sink.ply, source.cupix, source.files, transform.align, transform.matrix)",
+        "(known: sink.las, sink.ply, source.cupix, source.files, transform.align, transform.crop, transform.decimate, transform.filter, transform.matrix)",
     ]
     assert done.stdout == ""
 
@@ -146,7 +146,8 @@ def test_stages_lists_options_with_types_and_defaults():
     done = cli("stages", "--json")
     assert done.returncode == 0
     stages = {s["type"]: s for s in json.loads(done.stdout)}
-    assert set(stages) == {"source.files", "source.cupix", "transform.matrix", "transform.align", "sink.las", "sink.ply"}
+    assert set(stages) == {"source.files", "source.cupix", "transform.matrix", "transform.align", "transform.crop",
+                           "transform.decimate", "transform.filter", "sink.las", "sink.ply"}
     chunk = next(o for o in stages["source.files"]["options"] if o["name"] == "chunk_size")
     assert chunk == {"name": "chunk_size", "type": "integer >= 1", "required": False, "default": 65536,
                      "doc": "points per chunk"}

@@ -23,7 +23,7 @@ from stages.files import FilesSource
 from stages.las import LasSink
 
 REPO = Path(__file__).resolve().parents[1]
-KNOWN = "(known: sink.las, sink.ply, source.cupix, source.files, transform.align, transform.matrix)"
+KNOWN = "(known: sink.las, sink.ply, source.cupix, source.files, transform.align, transform.crop, transform.decimate, transform.filter, transform.matrix)"
 
 LAS_DEFAULTS = {"version": None, "scale": None, "offset": "auto", "merge": False}
 PLY_DEFAULTS = {"ascii": False, "offset": None, "colors": "auto", "merge": False}

@@ -10,11 +10,14 @@ import pytest
 
 from pipeline.errors import MissingDependency, PipelineError
 from pipeline.registry import ENTRY_POINT_GROUP, Registry
+from stages.crop import CropTransform
 from stages.cupix.alignment import AlignTransform
-from stages.matrix import MatrixTransform
 from stages.cupix.source import CupixSource
+from stages.decimate import DecimateTransform
 from stages.files import FilesSource
+from stages.filter import FilterTransform
 from stages.las import LasSink
+from stages.matrix import MatrixTransform
 from stages.ply import PlySink
 
 REPO = Path(__file__).resolve().parents[1]
@@ -24,6 +27,9 @@ BUILT_IN = {
     "source.cupix": "stages.cupix.source:CupixSource",
     "source.files": "stages.files:FilesSource",
     "transform.align": "stages.cupix.alignment:AlignTransform",
+    "transform.crop": "stages.crop:CropTransform",
+    "transform.decimate": "stages.decimate:DecimateTransform",
+    "transform.filter": "stages.filter:FilterTransform",
     "transform.matrix": "stages.matrix:MatrixTransform",
 }
 STAGE_MODULE = '''\
@@ -254,7 +260,9 @@ def test_built_in_stages_come_from_entry_points():
     registry = Registry.from_entry_points()
 
     assert registry.entries() == BUILT_IN
-    assert [registry.get(name) for name in registry.names()] == [LasSink, PlySink, CupixSource, FilesSource, AlignTransform, MatrixTransform]
+    assert [registry.get(name) for name in registry.names()] == [LasSink, PlySink, CupixSource, FilesSource, AlignTransform,
+                                                                 CropTransform, DecimateTransform, FilterTransform,
+                                                                 MatrixTransform]
 
 
 def test_other_group_is_empty():
@@ -272,7 +280,8 @@ def test_plugin_distribution_adds_a_stage(tmp_path, modules):
 
     assert registry.entries() == {**BUILT_IN, "source.demo": f"{module}:DemoSource", "sink.demo": f"{module}:DemoSink"}
     assert registry.names() == ["sink.demo", "sink.las", "sink.ply", "source.cupix", "source.demo", "source.files",
-                                "transform.align", "transform.matrix"]
+                                "transform.align", "transform.crop", "transform.decimate", "transform.filter",
+                                "transform.matrix"]
     assert module not in sys.modules
 
     demo = registry.get("source.demo")
@@ -344,4 +353,4 @@ def test_import_and_validation_load_no_heavy_library():
     assert done.returncode == 0, done.stderr
     # numpy, open3d, laspy and requests are imported only when data is read or written
     assert json.loads(done.stdout) == {"import": [], "registry": [], "validate": [], "listed": [], "stages": 5,
-                                       "known": 6}
+                                       "known": len(BUILT_IN)}

@@ -9,21 +9,11 @@ import numpy as np
 import pytest
 
 from pipeline.errors import ConfigError
-from pipeline.registry import Registry
 from stages.crop import Polygon, check_rings
 from tests.conftest import make_las, run
 
 COUNT = 5000
 X0, Y0 = 500_000, 4_000_000
-
-
-@pytest.fixture(scope="module")
-def registry():
-    """The installed stages, with transform.crop as pyproject.toml declares it: a virtual environment installed
-    before that entry point was added lacks it until `pip install -e .` (the same entry, once there, is kept)."""
-    registry = Registry.from_entry_points()
-    registry.add("transform.crop", "stages.crop:CropTransform")
-    return registry
 
 
 @pytest.fixture

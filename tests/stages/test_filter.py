@@ -2,7 +2,6 @@
 numpy from what laspy reads, with every kept record exact."""
 import ast
 import operator
-import tomllib
 from pathlib import Path
 
 import laspy
@@ -11,33 +10,13 @@ import pytest
 
 from pipeline.chunk import Chunk
 from pipeline.errors import ConfigError, StageError
-from pipeline.registry import Registry
 from stages import filter as filtering
 from stages.filter import And, Compare, ExpressionError, Member, Not, Or, compiled, parse
-from tests.conftest import REPO, make_las, run
+from tests.conftest import make_las, run
 from tests.plyfile_plain import read_plain_ply
 
 COUNT = 5000
 LABEL = "stages[1] (transform.filter)"
-
-
-def declared_entry_point():
-    with open(REPO / "pyproject.toml", "rb") as file:
-        return tomllib.load(file)["project"]["entry-points"]["cupix_pipeline.stages"]["transform.filter"]
-
-
-@pytest.fixture(scope="module")
-def registry():
-    """The installed stages, with transform.filter as pyproject.toml declares it (an install made before that
-    entry point was added does not list it until `pip install -e .`)."""
-    registry = Registry.from_entry_points()
-    if "transform.filter" not in registry:
-        registry.add("transform.filter", declared_entry_point())
-    return registry
-
-
-def test_the_entry_point_is_declared():
-    assert declared_entry_point() == "stages.filter:FilterTransform"
 
 
 @pytest.fixture(params=[(3, "1.2"), (7, "1.4")], ids=["format3", "format7"])
