@@ -26,7 +26,15 @@ def build_parser():
     run.add_argument("config", help="the YAML config file")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="TAG.OPTION=VALUE",
                      help="override an option of the stage with that tag (VALUE is read as YAML)")
-    run.add_argument("--jobs", type=int, default=1, metavar="N", help="items processed in parallel (0: one per core)")
+    run.add_argument("--jobs", type=int, default=None, metavar="N",
+                     help="items processed in parallel (0: one per core; default 1, or with --executor dask and no "
+                          "scheduler, the workers of the local cluster: one per core)")
+    run.add_argument("--executor", choices=("local", "dask"), default="local",
+                     help="where items run: this machine (default), or a Dask cluster")
+    run.add_argument("--scheduler", metavar="ADDRESS", help="the Dask scheduler, e.g. tcp://10.0.0.5:8786 (default: "
+                     "$DASK_SCHEDULER_ADDRESS, else a local cluster)")
+    run.add_argument("--retries", type=int, default=1, metavar="N",
+                     help="with --executor dask: times a task lost with its worker is run again (default 1)")
     run.add_argument("--report", metavar="FILE", help="write the JSON run report to FILE ('-' for stdout)")
     run.add_argument("--dry-run", action="store_true", help="list the items and the files they would give, then stop")
     run.add_argument("--refresh", action="store_true", help="ignore the source's download cache")
@@ -176,6 +184,7 @@ def configure_logging(quiet, verbose):
     root.setLevel(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
     logging.getLogger("urllib3").setLevel(logging.WARNING)  # its debug lines show signed storage URLs
     logging.getLogger("laspy").setLevel(logging.CRITICAL)  # its errors reach the user as our one-line errors
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # a cluster starting and stopping is no news
 
 
 def load_registry():
@@ -194,11 +203,19 @@ def command_run(args):
     registry = load_registry()
     config = config_module.load(args.config, registry, overrides=args.overrides,
                                 source_options={"refresh": True} if args.refresh else None)
-    if args.jobs < 0:
+    if args.jobs is not None and args.jobs < 0:
         raise UsageError(f"--jobs {args.jobs}: expected 0 (one per core) or more")
-    jobs = args.jobs or cpu_count()
+    if args.retries < 0:
+        raise UsageError(f"--retries {args.retries}: expected 0 or more")
+    if args.executor != "dask" and args.scheduler:
+        raise UsageError("--scheduler is for --executor dask")
+    jobs = args.jobs or (1 if args.jobs is None and args.executor == "local" else cpu_count())
+    executor = None
+    if args.executor == "dask":
+        from .executors import DaskExecutor
+        executor = DaskExecutor(args.scheduler, workers=jobs, retries=args.retries)
     progress = Progress() if args.quiet or args.dry_run else ConsoleProgress(sys.stderr, sys.stderr.isatty())
-    runner = Runner(config, registry, jobs=jobs, progress=progress, checksums=bool(args.report))
+    runner = Runner(config, registry, jobs=jobs, progress=progress, checksums=bool(args.report), executor=executor)
     started_at, started = report.now(), time.perf_counter()
     plan = runner.plan(report=args.report if args.report not in (None, "-") else None)
     if args.dry_run:

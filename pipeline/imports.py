@@ -9,6 +9,7 @@ HINTS = {
     "lazrs": "pip install lazrs",
     "pye57": "pip install pye57",
     "requests": "pip install requests",
+    "distributed": "pip install '.[dask]' (from this repository), or pip install 'dask[distributed]'",
 }
 
 

@@ -46,6 +46,11 @@ class Plan:
     def transform_decisions(self, item):
         return [decided.get(item.index) for decided in self.decisions[1:]]
 
+    def task_targets(self, task):
+        """The final paths of every file a task writes."""
+        pairs = [pair for index in task for pair in self.targets[index]] + self.merged  # merging: one task
+        return [Path(path) for _, path in pairs]
+
     def task_items(self, task):
         by_index = {item.index: item for item in self.items}
         return [by_index[index] for index in task]

@@ -37,7 +37,7 @@ def item_entry(result):
 
 def build(config, results, started_at, wall_seconds, jobs):
     """The run report of runner.Results."""
-    results, merged_outputs = results.items, results.merged
+    executor, results, merged_outputs = results.executor, results.items, results.merged
     return {
         "tool": {"name": "cupix-pipeline", "version": __version__},
         "python": platform.python_version(),
@@ -47,6 +47,7 @@ def build(config, results, started_at, wall_seconds, jobs):
         "config": {"path": str(config.path), "sha256": config.sha256},
         "stages": [{"type": s.type, "tag": s.tag, "options": s.public_options()} for s in config.stages],
         "jobs": jobs,
+        "executor": executor,
         "started_at": started_at.isoformat(timespec="seconds"),
         "wall_seconds": round(wall_seconds, 3),
         "totals": {

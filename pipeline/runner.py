@@ -24,13 +24,15 @@ log = logging.getLogger(__name__)
 class Results:
     items: list  # run_item.ItemResult, in item order
     merged: list = field(default_factory=list)  # what the report says of the files of merging sinks
+    executor: dict = field(default_factory=dict)  # what ran the tasks (Executor.describe)
 
 
 class Runner:
     def __init__(self, config, registry, jobs=1, progress: Optional[Progress] = None, checksums=True,
-                 start_method="fork"):
+                 start_method="fork", executor=None):
         self.checksums = checksums  # the sha256 of every output, for the report
         self.start_method = start_method  # how worker processes start (fork or spawn)
+        self.chosen_executor = executor  # an Executor (e.g. Dask's); by default, this process or `jobs` workers
         self.config = config
         self.registry = registry
         self.jobs = max(1, jobs)
@@ -53,6 +55,8 @@ class Runner:
         return files
 
     def executor(self, plan):
+        if self.chosen_executor is not None:
+            return self.chosen_executor
         if self.jobs > 1 and plan.merged and len(plan.items) > 1:
             log.info("a sink merges every item into one file: items are processed one after another")
         if self.jobs == 1 or len(plan.tasks) <= 1:
@@ -72,9 +76,10 @@ class Runner:
         counts = [item.point_count for item in plan.items]
         self.progress.start(len(plan.items), sum(counts) if None not in counts else None)
         try:
-            done = self.executor(plan).run(plan, staging, self.progress)
+            executor = self.executor(plan)
+            done = executor.run(plan, staging, self.progress)
             results = Results(sorted((r for task in done for r in task.items), key=lambda r: r.item.index),
-                              [record for task in done for record in task.merged])
+                              [record for task in done for record in task.merged], executor.describe())
             if plan.report is not None:
                 write_report(plan.report, report(results), staging)
             on_commit()

@@ -69,6 +69,31 @@ class WholeCloudTransform(Transform):
         return info, each(function)
 
 
+class SlowTransform(Transform):
+    """Sleeps `seconds` at every chunk of item `item`, after writing the id of its process to `marker`; an
+    item whose marker exists already (a run of it again, after its worker was killed) is not slowed."""
+
+    options = (Option("item", integer(), "index of the slow item", default=0),
+               Option("seconds", text(), "seconds per chunk", default="0.5"),
+               Option("marker", text(), "a file naming the process that runs the item", default="marker"))
+
+    def start(self, item, info, decision=None):
+        import os
+        import time
+        from pathlib import Path
+
+        marker = Path(self.options["marker"])
+        slow = item.index == self.options["item"] and not marker.exists()
+        if slow:
+            marker.write_text(str(os.getpid()))
+
+        def function(chunk):
+            if slow:
+                time.sleep(float(self.options["seconds"]))
+            return chunk
+        return info, each(function)
+
+
 class MislabelledTransform(Transform):
     """Adds a column that its stream info does not declare."""
 
@@ -101,6 +126,7 @@ ENTRIES = {
     "transform.failing": FailingTransform,
     "transform.whole": WholeCloudTransform,
     "transform.mislabelled": MislabelledTransform,
+    "transform.slow": SlowTransform,
     "sink.lengths": ChunkLengthsSink,
     "sink.las": "stages.las:LasSink",
     "sink.ply": "stages.ply:PlySink",
