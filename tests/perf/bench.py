@@ -192,19 +192,50 @@ def measured(command, cwd=None):
     return seconds, usage.ru_maxrss / 1024, stolen
 
 
-def config(folder, inputs, sink, name="bench.yaml"):
+def config(folder, inputs, sink, name="bench.yaml", then=""):
+    """A config: the inputs, the matrix, the stages in `then` (YAML lines), and the sink."""
     path = Path(folder) / name
-    path.write_text(textwrap.dedent(f"""
-        version: 1
-        stages:
-          - type: source.files
-            paths: {json.dumps([str(p) for p in inputs])}
-          - type: transform.matrix
-            matrix: {json.dumps(MATRIX)}
-          - type: {sink[0]}
-            path: {json.dumps(str(Path(folder) / 'out' / ('{name}' + sink[1])))}
-        """))
+    stages = [f"- type: source.files\n  paths: {json.dumps([str(p) for p in inputs])}",
+              f"- type: transform.matrix\n  matrix: {json.dumps(MATRIX)}",
+              *([textwrap.dedent(then).strip()] if then.strip() else []),
+              f"- type: {sink[0]}\n  path: {json.dumps(str(Path(folder) / 'out' / ('{name}' + sink[1])))}"]
+    path.write_text("version: 1\nstages:\n" + "".join(textwrap.indent(stage, "  ") + "\n" for stage in stages))
     return path
+
+
+# point stages after the matrix, each against the same run without it, each keeping half to three quarters of the
+# points: the generated points, moved by MATRIX, lie in a 1.4 km square around (-1,739,909, 3,614,985), z from 55
+# to 155 m, classes 0..9
+POINT_STAGES = {
+    "drop every other point": ("""
+      - type: transform.decimate
+        step: 2
+    """, ">= 0.8x LAS -> LAS"),
+    "crop to a polygon": ("""
+      - type: transform.crop
+        polygon: [[-1740600, 3614300], [-1739200, 3614300], [-1739200, 3615700], [-1739909, 3614985],
+                  [-1740600, 3615700]]
+    """, ">= 0.7x LAS -> LAS"),
+    "filter classification and z": ("""
+      - type: transform.filter
+        where: classification not in [0, 1, 7] and z > 80
+    """, ">= 0.7x LAS -> LAS"),
+}
+
+
+def point_stages(args, folder, source, pipeline):
+    """LAS -> matrix -> each point stage -> LAS, in alternation with LAS -> matrix -> LAS."""
+    plain = config(folder, [source], ("sink.las", ".las"))
+    names = list(POINT_STAGES)
+    staged = [config(folder, [source], ("sink.las", ".las"), name=f"stage{n}.yaml", then=POINT_STAGES[name][0])
+              for n, name in enumerate(names)]
+    results = best_of(args.repeat, [pipeline + ["run", "-q", str(path)] for path in [plain, *staged]],
+                      outputs=[folder / "out"])
+    row("LAS -> matrix -> LAS", args.points, results[0])
+    for name, result in zip(names, results[1:]):
+        print(f"{'  + ' + name:<34} pipeline {args.points / result[0] / 1e6:6.2f} Mpts/s {result[1]:7.0f} MB | "
+              f"{results[0][0] / result[0]:.2f}x the speed without it | target {POINT_STAGES[name][1]} | "
+              f"stolen CPU s {result[2]:.2f}", flush=True)
 
 
 def best_of(repeat, commands, outputs=()):
@@ -287,7 +318,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--cases", default="startup,las,laz,ply,plyin,xyzin,ptsin,jobs")
+    parser.add_argument("--cases", default="startup,las,stages,laz,ply,plyin,xyzin,ptsin,jobs,dask")
     parser.add_argument("--text-points", type=int, default=2_000_000, help="points of the XYZ and PTS inputs (xyzin, ptsin)")
     parser.add_argument("--workdir", help="keep inputs here (default: a temporary folder)")
     args = parser.parse_args()
@@ -308,7 +339,7 @@ def main():
             print(f"{'pipeline ' + words[0]:<34} {seconds:.3f} s (target < 0.3 s)", flush=True)
 
     source = folder / f"input_{args.points}.las"
-    if cases & {"las", "laz", "ply", "plyin", "xyzin", "ptsin"} and not source.exists():
+    if cases & {"las", "stages", "laz", "ply", "plyin", "xyzin", "ptsin"} and not source.exists():
         subprocess.run([python, "-c", GENERATE, str(args.points), str(source), "1"], check=True)
     matrix = json.dumps(MATRIX)
     reference_las = [python, "-c", LASPY_STREAMED.format(matrix=matrix), str(source)]
@@ -316,6 +347,8 @@ def main():
         with_and_without_report(args, folder, config(folder, [source], ("sink.las", ".las")), "LAS -> matrix -> LAS",
                                 reference_las + [str(folder / "reference.las"), "las"], folder / "reference.las",
                                 ">= 2x, < 250 MB", "(sha256 of the output read back)")
+    if "stages" in cases:
+        point_stages(args, folder, source, pipeline)
     if "laz" in cases:
         ours = config(folder, [source], ("sink.las", ".laz"))
         results = best_of(args.repeat, [pipeline + ["run", "-q", str(ours)],
@@ -343,17 +376,59 @@ def main():
             if not text.exists():
                 subprocess.run([python, "-c", make, str(source), str(text), str(args.text_points)], check=True)
             text_case(args, folder, text, skip, shift)
+    if cases & {"jobs", "dask"}:
+        sets = {"100 x 100k": [(folder / f"small_{n}.las", 100_000) for n in range(100)],
+                "8 x 2M": [(folder / f"part_{n}.las", 2_000_000) for n in range(8)]}
+        for inputs in sets.values():
+            for n, (path, count) in enumerate(inputs):
+                if not path.exists():
+                    subprocess.run([python, "-c", GENERATE, str(count), str(path), str(100 + n)], check=True)
     if "jobs" in cases:
-        inputs = [folder / f"part_{n}.las" for n in range(8)]
-        for n, path in enumerate(inputs):
-            if not path.exists():
-                subprocess.run([python, "-c", GENERATE, "2000000", str(path), str(100 + n)], check=True)
-        ours = config(folder, inputs, ("sink.las", ".las"), name="jobs.yaml")
-        one, two = best_of(args.repeat, [pipeline + ["run", "-q", "--jobs", "1", str(ours)],
-                                         pipeline + ["run", "-q", "--jobs", "2", str(ours)]], outputs=[folder / "out"])
-        print(f"{'8 x 2M points, --jobs 2 vs --jobs 1':<34} {16e6 / two[0] / 1e6:6.2f} vs {16e6 / one[0] / 1e6:6.2f} "
-              f"Mpts/s | ratio {one[0] / two[0]:.2f}x | target >= 1.7x | stolen CPU s {two[2]:.2f}/{one[2]:.2f}",
-              flush=True)
+        for label, inputs in sets.items():
+            ours = config(folder, [p for p, _ in inputs], ("sink.las", ".las"), name="jobs.yaml")
+            total = sum(count for _, count in inputs)
+            one, two = best_of(args.repeat, [pipeline + ["run", "-q", "--jobs", "1", str(ours)],
+                                             pipeline + ["run", "-q", "--jobs", "2", str(ours)]],
+                               outputs=[folder / "out"])
+            print(f"{label + ' points, --jobs 2 vs 1':<34} {total / two[0] / 1e6:6.2f} vs {total / one[0] / 1e6:6.2f} "
+                  f"Mpts/s | ratio {one[0] / two[0]:.2f}x | target >= 1x | stolen CPU s {two[2]:.2f}/{one[2]:.2f}",
+                  flush=True)
+    if "dask" in cases:
+        dask_case(args, folder, [p for p, _ in sets["8 x 2M"]], pipeline)
+
+
+def dask_case(args, folder, inputs, pipeline):
+    """8 x 2M points on a running 2-worker Dask cluster (a `dask scheduler` and a `dask worker` process, as a
+    user starts them) against --jobs 2; and the same with a LocalCluster started by the run."""
+    ours = config(folder, inputs, ("sink.las", ".las"), name="dask.yaml")
+    scheduler_file = folder / "scheduler.json"
+    scheduler_file.unlink(missing_ok=True)
+    dask = str(Path(sys.executable).with_name("dask"))
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                                   "--scheduler-file", str(scheduler_file)], stderr=subprocess.DEVNULL)]
+    try:
+        while not scheduler_file.exists():
+            time.sleep(0.1)
+        address = json.loads(scheduler_file.read_text())["address"]
+        processes.append(subprocess.Popen([dask, "worker", address, "--nworkers", "2", "--nthreads", "1",
+                                           "--no-dashboard", "--host", "127.0.0.1"], stderr=subprocess.DEVNULL))
+        import distributed
+        with distributed.Client(address, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+        total = 16e6
+        dask_run, local_cluster, jobs = best_of(args.repeat, [
+            pipeline + ["run", "-q", "--executor", "dask", "--scheduler", address, str(ours)],
+            pipeline + ["run", "-q", "--executor", "dask", "--jobs", "2", str(ours)],
+            pipeline + ["run", "-q", "--jobs", "2", str(ours)]], outputs=[folder / "out"])
+        print(f"{'8 x 2M, Dask (2 workers) vs --jobs 2':<34} {total / dask_run[0] / 1e6:6.2f} vs "
+              f"{total / jobs[0] / 1e6:6.2f} Mpts/s | ratio {jobs[0] / dask_run[0]:.2f}x | target >= 0.9x | "
+              f"stolen CPU s {dask_run[2]:.2f}/{jobs[2]:.2f}", flush=True)
+        print(f"{'  with a LocalCluster started by it':<34} {total / local_cluster[0] / 1e6:6.2f} Mpts/s "
+              f"({local_cluster[0] - dask_run[0]:.1f} s more: starting the cluster)", flush=True)
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=30)
 
 
 if __name__ == "__main__":
