@@ -472,8 +472,8 @@ class PlyWriter(Writer):
         return ("\n".join(lines) + "\n").encode("ascii")
 
     def flatten(self, chunk):
-        """The file records of a chunk. The columns that the chunk's LAS records store as the file does are
-        copied from them by `copy_las_fields`."""
+        """The file records of a chunk, and what is left to copy into them: the columns that the chunk's LAS
+        records store as the file does, which `copy_las_fields` fills (else None)."""
         import numpy as np
         records = np.empty(len(chunk), self.file_dtype)
         plan = self.las_copies(chunk) if getattr(chunk.layout, "kind", None) == "las" else None
@@ -492,9 +492,7 @@ class PlyWriter(Writer):
                     column_values = self.colours.convert(name, column_values)
                 records[self.columns[column][0]] = column_values
                 column += 1
-        if plan:
-            self.copy_las_fields(plan[0], chunk.records, records)
-        return records
+        return records, ((plan[0], chunk.records) if plan else None)
 
     def shifted(self, axis, values):
         """x, y or z minus the offset, as the float the file stores; refused when a value would not fit it
@@ -566,13 +564,22 @@ class PlyWriter(Writer):
         return steps, done
 
     def prepare(self, chunk):
-        return self.records(chunk)
+        """The file records; the LAS fields are copied here when the writing thread also hashes the file, else
+        there, so that both threads have work."""
+        records, copies = self.records(chunk)
+        if copies is not None and self.hashing:
+            self.copy_las_fields(*copies, records)
+            copies = None
+        return records, copies
 
-    def write(self, records):
+    def write(self, prepared):
+        records, copies = prepared
+        if copies is not None:
+            self.copy_las_fields(*copies, records)
         self.write_records(records)
 
     def records(self, chunk):
-        """The file records of a chunk; needs no file (see Writer)."""
+        """The file records of a chunk and the LAS fields left to copy (see flatten); needs no file."""
         import numpy as np
         if self.offset == "first chunk" and len(chunk):
             self.offset = [float(choose_offset(chunk[a].min(), 1.0)) for a in XYZ]
