@@ -255,7 +255,7 @@ def command_validate(args):
 
     registry = load_registry()
     try:
-        config = config_module.load(args.config, registry)
+        config = config_module.load(args.config, registry, check_inputs=True)
     except ConfigError as error:
         if not args.json:
             raise
@@ -283,16 +283,21 @@ def describe_stages(registry):
 
 
 def command_stages(args):
+    import shutil
+    import textwrap
+
     described = describe_stages(load_registry())
     if args.json:
         print(json.dumps(described, indent=2, default=str))
         return EXIT_OK
+    width = max(40, shutil.get_terminal_size((100, 24)).columns - 1)  # $COLUMNS, the terminal, else 100
     for stage in described:
         declares = f" ({', '.join(flag.replace('_', ' ') for flag in stage['declares'])})" if stage["declares"] else ""
-        print(f"{stage['type']}: {stage['doc']}{declares}")
+        print(textwrap.fill(f"{stage['type']}: {stage['doc']}{declares}", width, subsequent_indent="    "))
         for option in stage["options"]:
             default = "required" if option["required"] else f"default {json.dumps(option['default'], default=str)}"
-            print(f"    {option['name']} ({option['type']}; {default}): {option['doc']}")
+            print(textwrap.fill(f"{option['name']} ({option['type']}; {default}): {option['doc']}", width,
+                                initial_indent="    ", subsequent_indent="        ", break_on_hyphens=False))
     return EXIT_OK
 
 

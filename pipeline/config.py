@@ -20,6 +20,22 @@ VERSION = 1
 TOP_LEVEL_KEYS = ("version", "stages")
 ORDER = {"source": 0, "transform": 1, "sink": 2}
 ENV_REFERENCE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+# `${VAR}` in YAML's flow style (`[1, ${DX}]`) reads as `$` and a mapping: before parsing, each reference is
+# replaced by a marker that is plain text in any style (private-use characters), and put back after
+PLACEHOLDER = re.compile("\ue000(\\d+)\ue001")
+
+
+def protected(text):
+    """The YAML text with each `${...}` replaced by a marker, and the references in order."""
+    references = []
+
+    def mark(match):
+        if match.group(0) == "$$":
+            return "$$"
+        references.append(match.group(0))
+        return f"\ue000{len(references) - 1}\ue001"
+
+    return ENV_REFERENCE.sub(mark, text), references
 TAG_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 # A config is small: a YAML alias bomb (each level repeating an anchor) expands past these in microseconds
 MAX_VALUES = 100_000  # values in the document once its aliases are expanded
@@ -128,7 +144,8 @@ def composed(text):
 
 def parse_value(text):
     """A value written as YAML (e.g. on the command line), under the same limits as a config file."""
-    located = _Located("--set", {})
+    text, references = protected(text)
+    located = _Located("--set", {}, references)
     node = composed(text)
     value = located.build(node) if node is not None else None
     if located.problems:
@@ -139,9 +156,10 @@ def parse_value(text):
 class _Located:
     """A python value built from YAML, with the line of every key and element kept beside it."""
 
-    def __init__(self, display, environ):
+    def __init__(self, display, environ, references=()):
         self.display = display
         self.environ = environ
+        self.references = references  # the `${...}` that `protected` took out of the text
         self.lines = {}
         self.problems = []
         self._constructor = yaml.SafeLoader("")
@@ -173,6 +191,8 @@ class _Located:
         except ValueError:  # Python refuses integers of thousands of digits
             self._problem(node, where, f"a number of {len(node.value):,} digits is not accepted")
             return None
+        if isinstance(value, str) and "\ue000" in value:
+            value = PLACEHOLDER.sub(lambda match: self.references[int(match.group(1))], value)
         if isinstance(value, str) and "$" in value:
             value = self._expand(node, value, where)
         return value
@@ -235,17 +255,19 @@ def breadcrumb(where):
     return text
 
 
-def load(path, registry, overrides=(), environ=None, display=None, source_options=None) -> Config:
-    """Reads and validates a config file; raises ConfigError listing every problem found."""
+def load(path, registry, overrides=(), environ=None, display=None, source_options=None, check_inputs=False) -> Config:
+    """Reads and validates a config file; raises ConfigError listing every problem found. `check_inputs` also
+    reports the input files and globs that match nothing (without reading any point)."""
     path = Path(path)
     display = display or str(path)
     try:
         raw = path.read_bytes()
     except OSError as error:
         raise ConfigError([f"{display}: cannot read config: {error.strerror or error}"]) from error
-    located = _Located(display, os.environ if environ is None else environ)
     try:
-        node = composed(raw.decode("utf-8"))
+        text, references = protected(raw.decode("utf-8"))
+        located = _Located(display, os.environ if environ is None else environ, references)
+        node = composed(text)
         document = located.build(node) if node is not None else None
     except UnicodeDecodeError as error:
         raise ConfigError([f"{display}: not a UTF-8 text file ({error.reason})"]) from error
@@ -259,7 +281,7 @@ def load(path, registry, overrides=(), environ=None, display=None, source_option
         raise ConfigError([f"{display}{line}: refused: {refused}"]) from None
     if located.problems:  # YAML and environment problems first: option checks would only echo them
         raise ConfigError(located.problems)
-    validator = _Validator(display, path.resolve().parent, registry, located.lines, located.problems)
+    validator = _Validator(display, path.resolve().parent, registry, located.lines, located.problems, check_inputs)
     stages = validator.validate(document, [Override.parse(o) if isinstance(o, str) else o for o in overrides],
                                 source_options or {})
     if validator.problems:
@@ -268,8 +290,9 @@ def load(path, registry, overrides=(), environ=None, display=None, source_option
 
 
 class _Validator:
-    def __init__(self, display, base_dir, registry, lines, problems):
+    def __init__(self, display, base_dir, registry, lines, problems, check_inputs=False):
         self.display = display
+        self.check_inputs = check_inputs
         self.context = OptionContext(base_dir=base_dir)
         self.registry = registry
         self.lines = lines
@@ -385,10 +408,14 @@ class _Validator:
         if len(self.problems) == before:
             try:
                 cls.check(converted)
+                found = cls.missing_inputs(converted) if self.check_inputs else []
             except OptionError as error:
-                name = error.option
-                self.problem(where + ((name,) if name in raw else ()), str(error),
-                             crumbs=f"{label} > {name}" if name else label)
+                found = [error]
+            for error in found:
+                name, index = error.option, error.index
+                place = ((name,) + ((index,) if index is not None else ())) if name in raw else ()
+                self.problem(where + place, str(error), crumbs=label + "".join(
+                    [f" > {name}" if name else "", f"[{index}]" if index is not None and name else ""]))
         if len(self.problems) > before:
             return None
         secrets = frozenset(o.name for o in cls.options if o.secret)

@@ -20,8 +20,9 @@ class UsageError(PipelineError):
 class OptionError(PipelineError):
     """A stage option has a bad value; the config loader adds where it was found."""
 
-    def __init__(self, message, option=None):
+    def __init__(self, message, option=None, index=None):
         self.option = option
+        self.index = index  # the element of a list option the problem is about, if any
         super().__init__(message)
 
 

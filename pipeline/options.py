@@ -69,7 +69,10 @@ class FromEnvironment(str):
 
 
 def typed(value):
-    """What YAML makes of a value, for kinds that want numbers or booleans."""
+    """What YAML makes of a value, for kinds that want numbers or booleans: `${VAR}` typed wherever it stands,
+    in lists too (`matrix: [[1, 0, 0, ${DX}], ...]`)."""
+    if isinstance(value, list):
+        return [typed(v) for v in value]
     return value.typed if isinstance(value, FromEnvironment) else value
 
 

@@ -29,6 +29,12 @@ class Stage:
         """Checks that involve several options; raise OptionError(message, option)."""
 
     @classmethod
+    def missing_inputs(cls, options: dict) -> list:
+        """The input files the options name that are not there (a glob matching nothing), as OptionErrors
+        naming the option and the list element, so that `pipeline validate` reports them; no point is read."""
+        return []
+
+    @classmethod
     def summary(cls):
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
 

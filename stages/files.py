@@ -271,6 +271,17 @@ class FilesSource(Source):
     def template_fields_for(cls, options):
         return cls.template_fields + (("group", "sub", "capture") if options.get("metadata") else ())
 
+    @classmethod
+    def missing_inputs(cls, options):
+        from pipeline.errors import OptionError
+        missing = []
+        for index, pattern in enumerate(options["paths"]):
+            try:
+                expand([pattern])
+            except SourceError as error:
+                missing.append(OptionError(str(error), "paths", index))
+        return missing
+
     def items(self):
         from .cupix.listing import Listing, match_file
 

@@ -4,7 +4,7 @@ import math
 
 from pipeline.errors import OptionError
 from pipeline.model import Bounds
-from pipeline.options import Option, anything, boolean, choice, is_number, path, shown
+from pipeline.options import Option, anything, boolean, choice, is_number, path, shown, typed
 from pipeline.stage import Transform, each
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class MatrixTransform(Transform):
                               "layout")
         try:
             if name == "matrix":
-                matrix = as_matrix(options["matrix"], options["layout"])
+                matrix = as_matrix(typed(options["matrix"]), options["layout"])
             else:
                 matrix = read_matrix_file(options["file"], options["layout"])
             check_affine(matrix)

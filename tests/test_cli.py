@@ -9,8 +9,10 @@ from pathlib import Path
 import laspy
 import numpy as np
 import open3d
+import pytest
 
 from pipeline.cli import main
+from pipeline.registry import Registry
 from tests.conftest import cli, make_las, write_config
 from tests.plyfile_plain import read_plain_ply
 
@@ -123,9 +125,33 @@ def test_config_errors_exit_1_with_one_line_each(tmp_path):
     assert done.stderr.splitlines() == [
         f"error: {path}:6: stages[1] (transform.matrix) > matrix: expected 16 numbers, got 15",
         f"error: {path}:8: stages[2] (sink.lass): unknown stage type 'sink.lass'; did you mean 'sink.las'? "
-        "(known: sink.las, sink.ply, source.cupix, source.files, transform.align, transform.crop, transform.decimate, transform.filter, transform.matrix)",
+        f"(known: {', '.join(Registry.from_entry_points().names())})",
     ]
     assert done.stdout == ""
+
+
+def test_validate_reports_every_input_that_matches_nothing_with_its_line(tmp_path):
+    make_las(tmp_path / "in.las", [[0, 0, 0]])
+    path = write_config(tmp_path, """
+        version: 1
+        stages:
+          - type: source.files
+            paths:
+              - in.las
+              - "data/*.lax"
+              - nothere.las
+          - type: sink.las
+            path: out/{name}.las
+    """)
+    done = cli("validate", path)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.splitlines() == [
+        f"error: {path}:6: stages[0] (source.files) > paths[1]: no file matches {tmp_path}/data/*.lax",
+        f"error: {path}:7: stages[0] (source.files) > paths[2]: {tmp_path}/nothere.las: no such file"]
+    (tmp_path / "data").mkdir()
+    make_las(tmp_path / "data/a.lax", [[0, 0, 0]])
+    make_las(tmp_path / "nothere.las", [[0, 0, 0]])
+    assert cli("validate", path).returncode == 0
 
 
 def test_validate_json(demo_copy, tmp_path):
@@ -153,6 +179,16 @@ def test_stages_lists_options_with_types_and_defaults():
                      "doc": "points per chunk"}
     text = cli("stages").stdout
     assert "    layout (row_major | column_major; default null): how 16 numbers are stored" in text
+
+
+@pytest.mark.parametrize("columns", [60, 100])
+def test_stages_wraps_to_the_terminal_width(columns):
+    done = subprocess.run([sys.executable, "-m", "pipeline", "stages"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": str(columns)})
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0 and len(lines) > 50
+    assert max(map(len, lines)) <= columns - 1
+    assert "    chunk_size (integer >= 1; default 65536): points per chunk" in lines
 
 
 def test_runtime_error_is_one_line_without_traceback(tmp_path):

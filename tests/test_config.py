@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.config import Config, Override, StageSpec, load
 from pipeline.errors import ConfigError, UsageError
-from pipeline.options import Option, text
+from pipeline.options import Option, text, typed
 from pipeline.registry import Registry
 from pipeline.stage import Source
 from stages.matrix import MatrixTransform
@@ -23,7 +23,7 @@ from stages.files import FilesSource
 from stages.las import LasSink
 
 REPO = Path(__file__).resolve().parents[1]
-KNOWN = "(known: sink.las, sink.ply, source.cupix, source.files, transform.align, transform.crop, transform.decimate, transform.filter, transform.matrix)"
+KNOWN = f"(known: {', '.join(Registry.from_entry_points().names())})"  # every installed stage
 
 LAS_DEFAULTS = {"version": None, "scale": None, "offset": "auto", "merge": False}
 PLY_DEFAULTS = {"ascii": False, "offset": None, "colors": "auto", "merge": False}
@@ -768,6 +768,49 @@ def test_plain_variable_that_is_not_a_number_stays_text(tmp_path, registry):
 
     assert problems(path, registry, environ={"DATA": "d", "CHUNK": "12ab"}) == [
         f"{path}:6: stages[0] (source.files, tag input) > chunk_size: expected an integer, got a string '12ab'"]
+
+
+LIST_VARIABLES = """\
+version: 1
+stages:
+  - type: source.files
+    paths: [a.laz, "${DATA}/b.laz"]
+  - type: transform.matrix
+    matrix: [[1, 0, 0, ${DX}], [0, 1, 0, ${DY:-2.5}], [0, 0, 1, 0], [0, 0, 0, 1]]
+  - type: transform.matrix
+    matrix:
+      - [1, 0, 0, ${DX}]
+      - [0, 1, 0, 0]
+      - [0, 0, 1, 0]
+      - [0, 0, 0, 1]
+  - type: sink.las
+    path: out/{name}.las
+    scale: [${S}, ${S}, ${S}]
+    offset:
+      - ${S}
+      - 0
+      - 0
+"""
+
+
+def test_variables_inside_lists_are_typed_in_flow_and_block_style(tmp_path, registry):
+    path = write(tmp_path, LIST_VARIABLES)
+
+    config = load(path, registry, environ={"DX": "10", "S": "0.01", "DATA": "007"})
+
+    flow, block = config.stages[1].options["matrix"], config.stages[2].options["matrix"]
+    assert [row[3] for row in typed(flow)] == [10, 2.5, 0, 1] and typed(block)[0][3] == 10
+    assert config.stages[3].options["scale"] == [0.01, 0.01, 0.01]
+    assert config.stages[3].options["offset"] == [0.01, 0.0, 0.0]
+    assert config.stages[0].options["paths"][1] == str(tmp_path.resolve() / "007" / "b.laz")  # text stays text
+
+
+def test_a_variable_in_a_list_that_is_not_a_number_is_one_line(tmp_path, registry):
+    path = write(tmp_path, LIST_VARIABLES)
+
+    assert problems(path, registry, environ={"DX": "ten", "S": "0.01", "DATA": "d"}) == [
+        f"{path}:6: stages[1] (transform.matrix) > matrix: element 4 is not a finite number: 'ten'",
+        f"{path}:8: stages[2] (transform.matrix) > matrix: element 4 is not a finite number: 'ten'"]
 
 
 # --- --set overrides ----------------------------------------------------------------------------

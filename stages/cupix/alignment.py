@@ -5,7 +5,7 @@ import math
 from dataclasses import replace
 
 from pipeline.errors import OptionError, StageError
-from pipeline.options import Option, anything, choice, is_number, shown
+from pipeline.options import Option, anything, choice, is_number, shown, typed
 from pipeline.stage import Transform
 
 from ..matrix import LAYOUTS, as_matrix, check_affine, matrix_transform
@@ -290,7 +290,7 @@ class AlignTransform(Transform):
         if options["extra"] is None:
             return None
         try:
-            matrix = as_matrix(options["extra"])
+            matrix = as_matrix(typed(options["extra"]))
             check_affine(matrix)
         except ValueError as error:
             raise OptionError(str(error), "extra") from None
