@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 LAZ_BATCH = 1 << 20  # points handed to lazrs at once: enough chunks for its parallel compression
 CREATION_FIELD = 90  # the header's creation day of year and year, two unsigned shorts
+LEGACY_COUNTS = 107  # the legacy point count and the five legacy counts by return, unsigned ints
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 DEFAULT_SCALE = 0.001
 COLOURS = ("red", "green", "blue")
@@ -160,6 +161,9 @@ class LasWriter(Writer):
         if self.sink.options["scale"] is not None:
             header.scales = np.array(self.sink.options["scale"])
         header.partial_reset()
+        # bytes of no stated meaning before or after the VLRs (LAS 1.0's point data start signature, padding):
+        # the specification's header size and offset to the point data hold without them
+        header.extra_header_bytes, header.extra_vlr_bytes = b"", b""
         known = set(header.point_format.dimension_names) | set(XYZ)
         added = [name for name in info.dtype.names if name not in known]
         if added:
@@ -375,6 +379,13 @@ class LasWriter(Writer):
         with open(self.temp, "r+b") as handle:  # laspy writes today's date, and cannot write an unset one
             handle.seek(CREATION_FIELD)
             handle.write(struct.pack("<HH", self.created[1], self.created[0]))
+            header = self.writer.header
+            if header.version.minor >= 4 and header.point_format.id <= 5 and header.point_count < 2 ** 32:
+                # LAS 1.4 keeps the legacy counts for readers of older versions, whenever formats 0-5 fit them;
+                # laspy leaves them 0, which such readers take for an empty file
+                handle.seek(LEGACY_COUNTS)
+                handle.write(struct.pack("<6I", header.point_count,
+                                         *[int(n) for n in header.number_of_points_by_return[:5]]))
 
     def abort(self):
         if self.writer is not None:
