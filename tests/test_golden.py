@@ -1,7 +1,8 @@
 """The bytes every sink writes, pinned: the hashes in tests/data/golden_outputs.json were recorded from the
-engine before the one-data-path rebuild (issue "One data path"), and every output must stay byte-identical
-to them: the whole conformance corpus, the demo and random survey data, into LAS, LAZ and PLY, with and
-without --jobs.
+engine before the one-data-path rebuild (issue "One data path"), which kept every output byte-identical, and
+recorded again when LAS 1.4 outputs in formats 0-5 got their legacy counts (issue "Coordinate systems and
+header fidelity"): the whole conformance corpus, the demo and random survey data, into LAS, LAZ and PLY,
+with and without --jobs.
 
 LAZ files are compared by their header and VLR bytes and their decompressed point records, so that a
 new lazrs release that packs the same points differently does not count as a change.
