@@ -229,7 +229,7 @@ def _run_merging(plan, items, staging, on_points, on_item):
     shared, checksums, results = [], {}, []
     try:
         for sink in filter(is_merging, plan.stages.sinks):
-            info = sink.merged_info(infos)
+            info = sink.merged_info(items, infos)
             if info.bounds is None:
                 if bounds is None:
                     log.info("merge: some inputs have no bounds in their header; reading them once to choose the "

@@ -156,8 +156,8 @@ class Sink(Stage):
         """Starts writing one item; files are created through `staging.create(final_path)`."""
         raise NotImplementedError
 
-    def merged_info(self, infos: list) -> StreamInfo:
+    def merged_info(self, items: list, infos: list) -> StreamInfo:
         """How one file that receives several items (`merge: true`) is opened: the stream info `open` gets,
-        from each item's. By default, every attribute of any of them and the union of their bounds; a sink
+        from each item's (raise a PipelineError naming the items when they cannot share a file). By default, every attribute of any of them and the union of their bounds; a sink
         adds what its format keeps (see model.merge_infos)."""
         return merge_infos(infos)

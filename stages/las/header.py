@@ -266,13 +266,83 @@ def header_facts(source, header, compressed):
 
 
 def header_of(facts):
-    """The laspy header of `header_facts`, read again from its bytes (a new object each time)."""
-    return laspy_module().LasHeader.read_from(io.BytesIO(facts["header"]))
+    """The laspy header of `header_facts`, read again from its bytes (a new object each time). Its VLRs are
+    the input's records as they were stored (laspy would write a GeoTIFF key directory, say, back changed),
+    except the extra-bytes descriptions, which laspy keeps in step with the point format."""
+    laspy = laspy_module()
+    header = laspy.LasHeader.read_from(io.BytesIO(facts["header"]))
+    parsed = {(v.user_id, v.record_id): v for v in header.vlrs}
+    kept = []
+    for user_id, record_id, description, data in stored_records(facts["header"], extended=False):
+        if (user_id, record_id) == ("LASF_Spec", 4):
+            if (user_id, record_id) in parsed:  # laspy drops one that describes no byte: so do we
+                kept.append(parsed[(user_id, record_id)])
+        elif user_id != "laszip encoded":  # the input's compression, not the output's
+            kept.append(laspy.VLR(user_id, record_id, description, data))
+    header.vlrs = laspy.vlrs.vlrlist.VLRList(kept)
+    return header
 
 
 def evlrs_of(facts):
-    """The EVLRs of `header_facts`, read again from their bytes."""
-    if not facts["evlr_count"]:
-        return []
-    from laspy.vlrs.vlrlist import VLRList
-    return list(VLRList.read_from(io.BytesIO(facts["evlrs"]), facts["evlr_count"], extended=True))
+    """The EVLRs of `header_facts`, as they were stored."""
+    laspy = laspy_module()
+    return [laspy.VLR(user_id, record_id, description, data)
+            for user_id, record_id, description, data in stored_records(facts["evlrs"], extended=True,
+                                                                        count=facts["evlr_count"])]
+
+
+def stored_records(data, extended, count=None):
+    """(user id, record id, description, record bytes) of the VLRs that follow a LAS header in `data` (the
+    header's bytes up to the points), or of `count` EVLRs at the start of `data`."""
+    if extended:
+        position, header_format = 0, "<H16sHQ32s"
+    else:
+        header_size, = struct.unpack_from("<H", data, 94)
+        count, = struct.unpack_from("<I", data, 100)
+        position, header_format = header_size, "<H16sHH32s"
+    size = struct.calcsize(header_format)
+    records = []
+    for _ in range(count):
+        if position + size > len(data):
+            break
+        _, user_id, record_id, length, description = struct.unpack_from(header_format, data, position)
+        body = data[position + size:position + size + length]
+        records.append((text_field(user_id), record_id, text_field(description), bytes(body)))
+        position += size + length
+    return records
+
+
+def text_field(raw):
+    """A fixed-size text field of a VLR header, up to its first NUL, as laspy reads it."""
+    return raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
+
+
+CRS_RECORDS = {34735, 34736, 34737, 2112}  # LASF_Projection: GeoTIFF keys, their doubles and text, OGC WKT
+PROJECTED_KEY, GEOGRAPHIC_KEY, VERTICAL_KEY = 3072, 2048, 4096
+
+
+def crs_records(facts):
+    """The CRS records of an input (LASF_Projection VLRs and EVLRs), as (record id, bytes), in order."""
+    stored = stored_records(facts["header"], extended=False)
+    stored += stored_records(facts["evlrs"], extended=True, count=facts["evlr_count"])
+    return tuple((record_id, data) for user_id, record_id, _, data in stored
+                 if user_id == "LASF_Projection" and record_id in CRS_RECORDS)
+
+
+def crs_name(records):
+    """A short name for CRS records: `EPSG:n` (+ its vertical code) from GeoTIFF keys, the start of a WKT,
+    or `no CRS`."""
+    for record_id, data in records:
+        if record_id == 2112:
+            text = data.split(b"\0", 1)[0].decode("ascii", "replace")
+            return "WKT " + (text[:50] + "..." if len(text) > 50 else text)
+    for record_id, data in records:
+        if record_id == 34735 and len(data) >= 8:
+            keys = struct.unpack_from(f"<{len(data) // 2}H", data)
+            codes = {keys[i]: keys[i + 3] for i in range(4, len(keys) - 3, 4) if keys[i + 1] == 0}
+            main = codes.get(PROJECTED_KEY) or codes.get(GEOGRAPHIC_KEY)
+            if main:
+                vertical = codes.get(VERTICAL_KEY)
+                return f"EPSG:{main}" + (f"+{vertical}" if vertical else "")
+            return "GeoTIFF keys"
+    return "no CRS"

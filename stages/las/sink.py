@@ -3,11 +3,11 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.errors import OptionError
+from pipeline.errors import OptionError, PipelineError
 from pipeline.options import Option, boolean, one_of_values, template, xyz_numbers
 from pipeline.stage import Sink
 
-from .header import header_of
+from .header import crs_name, crs_records, header_of
 from .writer import LasWriter
 
 log = logging.getLogger(__name__)
@@ -36,11 +36,13 @@ class LasSink(Sink):
         final = self.targets(item)[0]
         return LasWriter(self, item, info, staging.create(final), final.suffix.lower() == ".laz")
 
-    def merged_info(self, infos):
+    def merged_info(self, items, infos):
         """The first item's header is the model (VLRs, version); the finest scale of any item is kept, and the
-        offset is chosen from the union of the bounds, since items may lie far apart."""
+        offset is chosen from the union of the bounds, since items may lie far apart. Items whose coordinate
+        systems differ are not merged."""
         import numpy as np
-        info = super().merged_info(infos)
+        check_same_crs(self.label, items, infos)
+        info = super().merged_info(items, infos)
         facts = {key: value for key, value in info.format_facts.items() if key == "created"}
         las = [i.format_facts.get("las") for i in infos]
         if all(las):
@@ -50,3 +52,16 @@ class LasSink(Sink):
             if len({(h.point_format.id, tuple(h.scales)) for h in headers}) > 1:
                 log.info("merge: the items have different LAS layouts; writing scale %s", scales.tolist())
         return replace(info, format_facts=facts)
+
+
+def check_same_crs(label, items, infos):
+    """Refuses to merge items whose CRS records (GeoTIFF keys, WKT) differ: the file would declare one for all."""
+    first = None
+    for item, info in zip(items, infos):
+        facts = info.format_facts.get("las")
+        found = crs_records(facts) if facts else ()
+        if first is None:
+            first = (item, found)
+        elif found != first[1]:
+            raise PipelineError(f"{label}: items {first[0].name!r} ({crs_name(first[1])}) and {item.name!r} "
+                                f"({crs_name(found)}) have different coordinate systems; merge items of one CRS")
