@@ -265,6 +265,11 @@ def header_facts(source, header, compressed):
             "compressed": compressed}
 
 
+# records about the input's own storage: its LAZ compression, and a COPC octree over its points, which an
+# output (other points, another order) does not have
+NOT_COPIED = ("laszip encoded", "copc")
+
+
 def header_of(facts):
     """The laspy header of `header_facts`, read again from its bytes (a new object each time). Its VLRs are
     the input's records as they were stored (laspy would write a GeoTIFF key directory, say, back changed),
@@ -277,7 +282,7 @@ def header_of(facts):
         if (user_id, record_id) == ("LASF_Spec", 4):
             if (user_id, record_id) in parsed:  # laspy drops one that describes no byte: so do we
                 kept.append(parsed[(user_id, record_id)])
-        elif user_id != "laszip encoded":  # the input's compression, not the output's
+        elif user_id not in NOT_COPIED:
             kept.append(laspy.VLR(user_id, record_id, description, data))
     header.vlrs = laspy.vlrs.vlrlist.VLRList(kept)
     return header
@@ -288,7 +293,13 @@ def evlrs_of(facts):
     laspy = laspy_module()
     return [laspy.VLR(user_id, record_id, description, data)
             for user_id, record_id, description, data in stored_records(facts["evlrs"], extended=True,
-                                                                        count=facts["evlr_count"])]
+                                                                        count=facts["evlr_count"])
+            if user_id not in NOT_COPIED]
+
+
+def copc_index(facts):
+    """True when the input is a COPC file: its `copc` records describe an octree of its points."""
+    return any(user_id == "copc" for user_id, *_ in stored_records(facts["header"], extended=False))
 
 
 def stored_records(data, extended, count=None):

@@ -16,7 +16,7 @@ from pipeline.errors import SinkError
 from pipeline.model import XYZ, copy_records
 from pipeline.stage import Writer
 
-from .header import evlrs_of, header_of, laspy_module
+from .header import copc_index, evlrs_of, header_of, laspy_module
 from .records import packed_fields, stored_xyz, unpacked
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,9 @@ class LasWriter(Writer):
         names = set(info.dtype.names)
         wanted = self.sink.options["version"]
         if facts:
+            if copc_index(facts):
+                log.info("%s: the input's COPC index (its copc VLR and EVLRs) describes an octree this file does "
+                         "not have: not written", self.where)
             header = header_of(facts)
             if facts.get("scales") is not None:  # several items merged: the finest scale of any of them
                 header.scales = np.array(facts["scales"])
