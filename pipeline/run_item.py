@@ -36,6 +36,7 @@ class ItemResult:
     applied: tuple = ()
     outputs: list = field(default_factory=list)  # {"sink", "path", "size", "sha256"}
     checksums: dict = field(default_factory=dict)  # staged path -> (size, sha256), from writers that hashed
+    described: dict = field(default_factory=dict)  # staged path -> what the report adds (Writer.described)
     seconds: float = 0.0
 
 
@@ -132,6 +133,9 @@ class GuardedWriter(Writer):
     def checksums(self):
         return self.writer.checksums()
 
+    def described(self):
+        return self.writer.described()
+
 
 def open_writer(sink, item, info, staging, merged=False):
     with sink_errors(sink, item):
@@ -165,7 +169,7 @@ def process_item(plan: Plan, item: Item, staging, on_points=lambda n: None, shar
                     result.bounds_out = union_bounds(result.bounds_out, bounds)
                     for writer, one in zip(every, done):
                         writer.write(one)
-            _close(writers, result.checksums)
+            _close(writers, result.checksums, result.described)
             writers = []
             result.applied = info.applied
     finally:
@@ -183,26 +187,29 @@ def _counted_in(chunks, result, on_points):
         yield chunk
 
 
-def _close(writers, checksums):
-    """Closes writers, collecting the checksums they computed while writing."""
+def _close(writers, checksums, described):
+    """Closes writers, collecting the checksums they computed while writing and what they say of their files."""
     for writer in writers:
         writer.close()
         checksums.update(writer.checksums())
+        described.update(writer.described())
 
 
-def output_record(staging, sink_label, path, known):
-    """What the report says of one staged output: its sink, final path, size and, when the run reports
-    checksums, its sha256 (from `known` when its writer computed it, else read back from the file)."""
+def output_record(staging, sink_label, path, known, described):
+    """What the report says of one staged output: its sink, final path, size, when the run reports checksums
+    its sha256 (from `known` when its writer computed it, else read back from the file), and what its writer
+    said of it (`described`)."""
     temporary = staging.temporary(path)
+    record = {"sink": sink_label, "path": path, **described.get(str(temporary), {})}
     if not staging.checksums:
-        return {"sink": sink_label, "path": path, "size": os.path.getsize(temporary)}
+        return {**record, "size": os.path.getsize(temporary)}
     size, digest = known.get(str(temporary)) or file_digest(temporary)
-    return {"sink": sink_label, "path": path, "size": size, "sha256": digest}
+    return {**record, "size": size, "sha256": digest}
 
 
 def describe_outputs(plan, result, staging):
     """Fills in what the report says of an item's outputs (reading back the files whose writer did not hash)."""
-    result.outputs += [output_record(staging, label, path, result.checksums)
+    result.outputs += [output_record(staging, label, path, result.checksums, result.described)
                        for label, path in plan.targets[result.item.index]]
     return result
 
@@ -226,7 +233,7 @@ def _run_merging(plan, items, staging, on_points, on_item):
     infos = [final_info(plan, item) for item in items]
     item = Item(id="merged", name="merged", index=-1, location="merged items", fields=items[0].fields)
     bounds = None
-    shared, checksums, results = [], {}, []
+    shared, checksums, described, results = [], {}, {}, []
     try:
         for sink in filter(is_merging, plan.stages.sinks):
             info = sink.merged_info(items, infos)
@@ -240,12 +247,13 @@ def _run_merging(plan, items, staging, on_points, on_item):
         for one in items:
             results.append(process_item(plan, one, staging, on_points, shared))
             on_item(results[-1])
-        _close(shared, checksums)
+        _close(shared, checksums, described)
         shared = []
     finally:
         for writer in shared:
             writer.abort()
-    return TaskResult(results, [output_record(staging, label, path, checksums) for label, path in plan.merged])
+    return TaskResult(results, [output_record(staging, label, path, checksums, described)
+                                for label, path in plan.merged])
 
 
 def _measure_bounds(plan, items):

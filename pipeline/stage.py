@@ -139,6 +139,11 @@ class Writer:
     def abort(self) -> None:
         """Releases resources after a failure; the runner deletes the staged files."""
 
+    def described(self) -> dict:
+        """After `close`: {staged path: {key: value}}, what the run report says of a file besides its size
+        and checksum (for LAS, the coordinate system it declares)."""
+        return {}
+
     def checksums(self) -> dict:
         """After `close`: {staged path: (size, sha256)} of the files whose checksum this writer computed
         while writing them, so that the runner need not read them again for the report."""

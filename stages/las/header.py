@@ -327,33 +327,3 @@ def text_field(raw):
     """A fixed-size text field of a VLR header, up to its first NUL, as laspy reads it."""
     return raw.split(b"\0", 1)[0].decode("ascii", errors="replace")
 
-
-CRS_RECORDS = {34735, 34736, 34737, 2112}  # LASF_Projection: GeoTIFF keys, their doubles and text, OGC WKT
-PROJECTED_KEY, GEOGRAPHIC_KEY, VERTICAL_KEY = 3072, 2048, 4096
-
-
-def crs_records(facts):
-    """The CRS records of an input (LASF_Projection VLRs and EVLRs), as (record id, bytes), in order."""
-    stored = stored_records(facts["header"], extended=False)
-    stored += stored_records(facts["evlrs"], extended=True, count=facts["evlr_count"])
-    return tuple((record_id, data) for user_id, record_id, _, data in stored
-                 if user_id == "LASF_Projection" and record_id in CRS_RECORDS)
-
-
-def crs_name(records):
-    """A short name for CRS records: `EPSG:n` (+ its vertical code) from GeoTIFF keys, the start of a WKT,
-    or `no CRS`."""
-    for record_id, data in records:
-        if record_id == 2112:
-            text = data.split(b"\0", 1)[0].decode("ascii", "replace")
-            return "WKT " + (text[:50] + "..." if len(text) > 50 else text)
-    for record_id, data in records:
-        if record_id == 34735 and len(data) >= 8:
-            keys = struct.unpack_from(f"<{len(data) // 2}H", data)
-            codes = {keys[i]: keys[i + 3] for i in range(4, len(keys) - 3, 4) if keys[i + 1] == 0}
-            main = codes.get(PROJECTED_KEY) or codes.get(GEOGRAPHIC_KEY)
-            if main:
-                vertical = codes.get(VERTICAL_KEY)
-                return f"EPSG:{main}" + (f"+{vertical}" if vertical else "")
-            return "GeoTIFF keys"
-    return "no CRS"

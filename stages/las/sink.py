@@ -4,10 +4,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline.errors import OptionError, PipelineError
-from pipeline.options import Option, boolean, one_of_values, template, xyz_numbers
+from pipeline.options import Option, boolean, one_of_values, template, text, xyz_numbers
 from pipeline.stage import Sink
 
-from .header import crs_name, crs_records, header_of
+from .crs import check_option, crs_name, crs_records
+from .header import header_of
 from .writer import LasWriter
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,8 @@ class LasSink(Sink):
                default=None),
         Option("offset", xyz_numbers(keywords=("auto",)), "coordinate offset (auto: whole units below the "
                "transformed data)", default="auto"),
+        Option("crs", text(), "the coordinate system the file declares: keep (the input's), none, an EPSG code "
+               "(EPSG:25832, EPSG:25832+7837) or WKT", default="keep"),
         Option("merge", boolean(), "write every item into one file", default=False),
     )
 
@@ -31,6 +34,7 @@ class LasSink(Sink):
     def check(cls, options):
         if Path(options["path"]).suffix.lower() not in (".las", ".laz"):
             raise OptionError("expected a path ending in .las or .laz", "path")
+        check_option(options["crs"])
 
     def open(self, item, info, staging):
         final = self.targets(item)[0]
@@ -41,7 +45,8 @@ class LasSink(Sink):
         offset is chosen from the union of the bounds, since items may lie far apart. Items whose coordinate
         systems differ are not merged."""
         import numpy as np
-        check_same_crs(self.label, items, infos)
+        if self.options["crs"] == "keep":
+            check_same_crs(self.label, items, infos)
         info = super().merged_info(items, infos)
         facts = {key: value for key, value in info.format_facts.items() if key == "created"}
         las = [i.format_facts.get("las") for i in infos]
@@ -64,4 +69,5 @@ def check_same_crs(label, items, infos):
             first = (item, found)
         elif found != first[1]:
             raise PipelineError(f"{label}: items {first[0].name!r} ({crs_name(first[1])}) and {item.name!r} "
-                                f"({crs_name(found)}) have different coordinate systems; merge items of one CRS")
+                                f"({crs_name(found)}) have different coordinate systems; merge items of one CRS, or "
+                                "set `crs` to the one the file declares")

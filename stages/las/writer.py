@@ -16,6 +16,7 @@ from pipeline.errors import SinkError
 from pipeline.model import XYZ, copy_records
 from pipeline.stage import Writer
 
+from .crs import crs_name, crs_records, is_crs_record, parsed, records_for
 from .header import copc_index, evlrs_of, header_of, laspy_module
 from .records import packed_fields, stored_xyz, unpacked
 
@@ -118,6 +119,7 @@ class LasWriter(Writer):
         self.where = f"{sink.label}: {item.name}"
         self.laspy = laspy_module()
         self.header = self.make_header(info)
+        self.declare_crs(info)
         self.evlrs = self.kept_evlrs(info)
         self.writer = None
         self.batch, self.batched = None, 0  # LAZ records waiting for a bigger write (see store)
@@ -174,9 +176,29 @@ class LasWriter(Writer):
                                    for name in added])
         return header
 
+    def declare_crs(self, info):
+        """The coordinate system the header declares, as the `crs` option says (see crs.py)."""
+        option, facts = self.sink.options["crs"], info.format_facts.get("las")
+        self.crs = option if option not in ("keep", "none") else None  # what the report says
+        if option == "keep":
+            kept = crs_records(facts) if facts else ()
+            self.crs = crs_name(kept) if kept else None
+            if kept and info.moved:
+                log.info("%s: the coordinates were moved; the input's coordinate system (%s) is declared as it was: "
+                         "set `crs` to the one they are in now", self.where, crs_name(kept))
+            return
+        self.header.vlrs = self.laspy.vlrs.vlrlist.VLRList([v for v in self.header.vlrs if not is_crs_record(v)])
+        if option == "none":
+            return
+        records, wkt = records_for(parsed(option, f"{self.where}: `crs`"), self.header.point_format.id, self.where)
+        self.header.vlrs.extend(self.laspy.VLR(*record) for record in records)
+        self.header.global_encoding.wkt = wkt  # set for WKT, clear for GeoTIFF keys
+
     def kept_evlrs(self, info):
         facts = info.format_facts.get("las")
         evlrs = evlrs_of(facts) if facts else []
+        if self.sink.options["crs"] != "keep":
+            evlrs = [v for v in evlrs if not is_crs_record(v)]
         if evlrs and self.header.version.minor < 4:
             log.warning("%s: %d EVLR(s) dropped: LAS %s has no EVLRs", self.where, len(evlrs), self.header.version)
             return []
@@ -389,6 +411,9 @@ class LasWriter(Writer):
                 handle.seek(LEGACY_COUNTS)
                 handle.write(struct.pack("<6I", header.point_count,
                                          *[int(n) for n in header.number_of_points_by_return[:5]]))
+
+    def described(self):
+        return {str(self.temp): {"crs": self.crs}}
 
     def abort(self):
         if self.writer is not None:
