@@ -426,6 +426,7 @@ class PlyWriter(Writer):
         self.where = f"{sink.label}: {item.name}"
         self.temp, self.ascii = temp, sink.options["ascii"]
         self.offset = self.choose_offset(sink.options["offset"], info)
+        self.crs = self.input_crs(info)
         self.colours = ColourDepth(sink.options["colors"], self.where)
         self.dtype = dtype = info.dtype
         self.las_plans = {}  # how a chunk's LAS records fill our records (see copy_las_fields)
@@ -451,6 +452,20 @@ class PlyWriter(Writer):
         self.hash = hashlib.sha256(header) if self.hashing else None
         self.handle.write(header)
 
+    def input_crs(self, info):
+        """The coordinate system of a LAS input, declared in a `comment crs` line (see las.crs.crs_text)."""
+        facts = info.format_facts.get("las")
+        if not facts:
+            return None
+        from .las.crs import crs_records, crs_text
+        text = crs_text(crs_records(facts))
+        if text and info.moved:
+            log.info("%s: the coordinates were moved; the input's coordinate system is declared as it was", self.where)
+        return text
+
+    def described(self):
+        return {str(self.temp): {"crs": self.crs}} if self.crs else {}
+
     @staticmethod
     def choose_offset(option, info):
         if option is None:
@@ -466,6 +481,8 @@ class PlyWriter(Writer):
                  f"comment written by cupix-pipeline {__version__}"]
         if self.offset is not None:
             lines.append("comment offset " + " ".join(repr(v) for v in self.offset))
+        if self.crs is not None:
+            lines.append(f"comment crs {self.crs}")
         lines.append(f"element vertex {count}")
         lines += [f"property {PLY_NAME[code]} {name}" for name, code in self.columns]
         lines += ["comment" + " " * (self.PAD - len(str(count))), "end_header"]

@@ -103,3 +103,13 @@ def crs_name(records):
                 return f"EPSG:{main}" + (f"+{vertical}" if vertical else "")
             return "GeoTIFF keys"
     return "no CRS"
+
+
+def crs_text(records):
+    """How another format (a PLY comment) declares the CRS of these records: the whole WKT on one line, else
+    the EPSG codes of the GeoTIFF keys; None when there is none to give."""
+    for record_id, data in records:
+        if record_id == WKT_RECORD:
+            return " ".join(data.split(b"\0", 1)[0].decode("ascii", "replace").split())
+    name = crs_name(records)
+    return name if name.startswith("EPSG:") else None

@@ -204,4 +204,28 @@ def test_the_report_records_each_las_output_crs(tmp_path, registry):
     done = cli("run", "-q", path, "--report", tmp_path / "run.json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     outputs = json.loads((tmp_path / "run.json").read_text())["items"][0]["outputs"]
-    assert [output.get("crs", "-") for output in outputs] == ["EPSG:32617", "EPSG:25832+7837", "-"]
+    assert [output["crs"] for output in outputs] == ["EPSG:32617", "EPSG:25832+7837", "EPSG:32617"]
+
+
+def test_sink_ply_declares_the_input_crs_in_a_comment(tmp_path, registry):
+    import pyproj
+    from tests.plyfile_plain import read_plain_ply
+    for name in ("las/utm17.las", "laz/autzen_trim.laz"):
+        shutil.copy(CONFORMANCE / name, tmp_path)
+    run(tmp_path, registry, """
+        version: 1
+        stages:
+          - type: source.files
+            paths: [utm17.las, autzen_trim.laz]
+          - type: sink.ply
+            path: out/{name}.ply
+    """)
+    comments = {}
+    for name in ("utm17", "autzen_trim"):
+        head = (tmp_path / f"out/{name}.ply").read_bytes().split(b"end_header")[0].decode("ascii")
+        comments[name] = [line[len("comment crs "):] for line in head.splitlines() if line.startswith("comment crs ")]
+        assert len(read_plain_ply(tmp_path / f"out/{name}.ply")["x"]) == laspy.read(CONFORMANCE / (
+            "las/utm17.las" if name == "utm17" else "laz/autzen_trim.laz")).header.point_count
+    assert comments["utm17"] == ["EPSG:32617"]
+    [wkt] = comments["autzen_trim"]
+    assert pyproj.CRS.from_wkt(wkt).name == "NAD_1983_HARN_Lambert_Conformal_Conic"
