@@ -311,6 +311,8 @@ def problems_of(code, stderr, folder, sinks, escaped, timed_out):
 
 def run_mutant(work, corpus, seed, index, limit, keep=False):
     from pipeline.cli import main
+    import laspy  # noqa: F401 - imported before the count of open files: it imports pyproj, which keeps its
+    # database open for the life of the process (a resource of the process, not of a run)
 
     data, description, suffix, sinks, options = make_mutant(corpus, seed, index)
     folder = work / f"m{index:05d}"

@@ -25,7 +25,7 @@ from stages.las import LasSink
 REPO = Path(__file__).resolve().parents[1]
 KNOWN = f"(known: {', '.join(Registry.from_entry_points().names())})"  # every installed stage
 
-LAS_DEFAULTS = {"version": None, "scale": None, "offset": "auto", "merge": False}
+LAS_DEFAULTS = {"version": None, "scale": None, "offset": "auto", "crs": "keep", "merge": False}
 PLY_DEFAULTS = {"ascii": False, "offset": None, "colors": "auto", "merge": False}
 
 
