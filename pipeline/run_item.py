@@ -46,11 +46,13 @@ class TaskResult:
     merged: list = field(default_factory=list)  # what the report says of the files of merging sinks
 
 
-def transformed(plan: Plan, item: Item, info, chunks):
+def transformed(plan: Plan, item: Item, info, chunks, opened=None):
     """The stream info after every transform, and the chunks passed through them (lazily), planned from
     what each transform declares: a whole-cloud stage gets one chunk of every point and what it yields is
-    cut back to the chunk size; every chunk a stage yields must have the attributes it declared."""
+    cut back to the chunk size; every chunk a stage yields must have the attributes it declared. Each
+    transform's stream goes into `opened`, so that the caller can close them (see close_streams)."""
     chunk_size = plan.stages.source.options["chunk_size"]
+    opened = [] if opened is None else opened
     for transform, decision in zip(plan.stages.transforms, plan.transform_decisions(item)):
         before = info
         info, function = transform.start(item, info, decision)
@@ -60,8 +62,18 @@ def transformed(plan: Plan, item: Item, info, chunks):
             chunks = _cut(function(iter([_whole(chunks, transform, item, before)])), chunk_size)
         else:
             chunks = function(chunks)
+        opened.append(chunks)
         chunks = _declared(chunks, transform, info.dtype)
     return info, chunks
+
+
+def close_streams(opened):
+    """Closes the transforms' streams, the last first, so that a stage's generator runs its `finally` (its
+    temporary files removed) now, not when the garbage collector finds it, should the run stop early."""
+    for stream in reversed(opened):
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
 
 
 def _whole(chunks, transform, item, info):
@@ -149,11 +161,14 @@ def process_item(plan: Plan, item: Item, staging, on_points=lambda n: None, shar
     keep_freed_memory()
     started = time.perf_counter()
     result = ItemResult(item)
-    writers = []
+    writers, opened = [], []
     try:
-        with plan.stages.source.read(item, plan.source_decision(item)) as stream:
+        with plan.stages.source.read(item, plan.source_decision(item)) as stream, \
+                contextlib.ExitStack() as streams:
+            streams.callback(close_streams, opened)  # after the compute thread stopped, before the source closes
             log.debug("item %d: reading %s", item.index, item.name)
-            info, chunks = transformed(plan, item, stream.info, _counted_in(stream.chunks, result, on_points))
+            info, chunks = transformed(plan, item, stream.info, _counted_in(stream.chunks, result, on_points),
+                                       opened)
             for sink in plan.stages.sinks:
                 if not is_merging(sink):
                     writers.append(open_writer(sink, item, info, staging))

@@ -94,6 +94,20 @@ class SlowTransform(Transform):
         return info, each(function)
 
 
+class TidyTransform(Transform):
+    """A stream function with a `finally`, as a stage with temporary files has: it logs when it runs."""
+
+    options = ()
+
+    def start(self, item, info, decision=None):
+        def function(chunks):
+            try:
+                yield from chunks
+            finally:
+                logging.getLogger("tests").info("tidied %s", item.name)
+        return info, function
+
+
 class MislabelledTransform(Transform):
     """Adds a column that its stream info does not declare."""
 
@@ -127,6 +141,7 @@ ENTRIES = {
     "transform.whole": WholeCloudTransform,
     "transform.mislabelled": MislabelledTransform,
     "transform.slow": SlowTransform,
+    "transform.tidy": TidyTransform,
     "sink.lengths": ChunkLengthsSink,
     "sink.las": "stages.las:LasSink",
     "sink.ply": "stages.ply:PlySink",

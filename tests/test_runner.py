@@ -147,3 +147,16 @@ def test_a_chunk_unlike_what_its_stage_declared_is_an_error_naming_the_stage(tmp
     assert str(error.value) == ("stages[1] (transform.mislabelled): yielded a chunk with attributes x f8, y f8, z f8, "
                                 "intensity u2, extra f4 but declared x f8, y f8, z f8, intensity u2")
     assert files_under(tmp_path) == ["config.yaml"]
+
+
+def test_a_stage_stream_is_closed_when_the_run_stops_early(tmp_path, registry, caplog):
+    import gc
+    body = TWO_SINKS.replace("      - type: sink.las", "      - type: transform.tidy\n      - type: transform.failing\n"
+                                                         "        item: 0\n      - type: sink.las", 1)
+    gc.disable()  # the stream must be closed by the runner, not found by the garbage collector
+    try:
+        with caplog.at_level(logging.INFO, logger="tests"), pytest.raises(StageError):
+            run(tmp_path, registry, body)
+        assert "tidied item0" in caplog.messages
+    finally:
+        gc.enable()
