@@ -216,6 +216,11 @@ POINT_STAGES = {
         polygon: [[-1740600, 3614300], [-1739200, 3614300], [-1739200, 3615700], [-1739909, 3614985],
                   [-1740600, 3615700]]
     """, ">= 0.7x LAS -> LAS"),
+    "voxel first, 5 cm cells": ("""
+      - type: transform.voxel
+        cell: 0.05
+        mode: first
+    """, ">= 0.7x LAS -> LAS"),
     "filter classification and z": ("""
       - type: transform.filter
         where: classification not in [0, 1, 7] and z > 80
