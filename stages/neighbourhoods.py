@@ -45,7 +45,7 @@ TILE_CELLS = 64  # cells of a tile, on average, at least (so that tiles can be s
 MAX_GRID = 2048  # cells along each axis at most
 RESULT_PART = 1 << 20  # points whose results are read back at a time (PointValues)
 READ_POINTS = 1 << 20  # points read at a time when the tile file is made
-REPAIR_SHARE = 256  # a tile is computed again with a wider buffer when more than 1 in this many points fail
+REPAIR_SHARE = 512  # a tile is computed again with a wider buffer when more than 1 in this many points fail
 RECORD = [("x", "<f8"), ("y", "<f8"), ("z", "<f8"), ("index", "<i8")]  # a point in the tile file
 
 
@@ -116,6 +116,13 @@ def read_into(handle, array, offset):
         if not got:
             raise OSError(f"{handle.name}: a temporary file ends early")
         done += got
+
+
+def taken(records, selection):
+    """records[selection] for a structured array, taken as whole records of bytes (numpy takes a structured
+    array field by field, many times slower)."""
+    whole = records.view(f"V{records.dtype.itemsize}")
+    return whole[selection].view(records.dtype)
 
 
 def write_at(handle, array, offset):
@@ -366,7 +373,7 @@ class Tiles:
             columns, rows = self.grid.columns_rows(records["x"], records["y"])
             rank = (rows - j0) * (i1 - i0) + (columns - i0)
             order = np.argsort(rank.astype(np.uint16) if (i1 - i0) * (j1 - j0) <= 1 << 16 else rank, kind="stable")
-            write_at(self.file, records[order], int(self.tile_start[t]) * self.record.itemsize)
+            write_at(self.file, taken(records, order), int(self.tile_start[t]) * self.record.itemsize)
         self.file.flush()
 
     def read(self, start, count):
@@ -387,16 +394,22 @@ class Tiles:
         return ((-math.inf if i0 == 0 else xmin, -math.inf if j0 == 0 else ymin),
                 (math.inf if i1 == self.grid.nx else xmax, math.inf if j1 == self.grid.ny else ymax))
 
-    def points_in(self, low, high, without_tile=None):
-        """Every point with low <= (x, y) <= high (inclusive), except those of tile `without_tile`."""
+    def cells_in(self, low, high):
+        """The numbers of the cells that the rectangle low..high meets (none when it misses the item)."""
         import numpy as np
         if not (low[0] <= self.highs[0] and low[1] <= self.highs[1] and high[0] >= self.lows[0]
                 and high[1] >= self.lows[1]):
-            return self.read(0, 0)
+            return np.zeros(0, np.int64)
         c0, c1, r0, r1 = self.grid.cell_range(low, high)
-        cells = (np.arange(r0, r1 + 1)[:, None] * self.grid.nx + np.arange(c0, c1 + 1)[None, :]).ravel()
-        if without_tile is not None:
-            cells = cells[self.tile_of_cell[cells] != without_tile]
+        return (np.arange(r0, r1 + 1)[:, None] * self.grid.nx + np.arange(c0, c1 + 1)[None, :]).ravel()
+
+    def count_in(self, low, high):
+        """How many points the cells that the rectangle low..high meets hold (at least those inside it)."""
+        return int(self.cell_counts[self.cells_in(low, high)].sum())
+
+    def read_cells(self, cells):
+        """The points of these cells, read in as few runs as their places in the tile file allow."""
+        import numpy as np
         cells = cells[self.cell_counts[cells] > 0]
         if not len(cells):
             return self.read(0, 0)
@@ -411,9 +424,54 @@ class Tiles:
         for first, end in zip(run_starts.tolist(), run_ends.tolist()):
             read_into(self.file, records[done:done + end - first], first * self.record.itemsize)
             done += end - first
+        return records
+
+    def points_in(self, low, high, without_tile=None):
+        """Every point with low <= (x, y) <= high (inclusive), except those of tile `without_tile`."""
+        cells = self.cells_in(low, high)
+        if without_tile is not None:
+            cells = cells[self.tile_of_cell[cells] != without_tile]
+        records = self.read_cells(cells)
         inside = ((records["x"] >= low[0]) & (records["x"] <= high[0]) & (records["y"] >= low[1])
                   & (records["y"] <= high[1]))
-        return records if inside.all() else records[inside]
+        return records if inside.all() else taken(records, inside)
+
+    def nearest(self, point, k):
+        """The k points nearest `point` (a record), itself included (the first of those at the same distance
+        in the tile file's order), read ring of cells after ring of cells around its own until no cell left
+        can hold a nearer one: memory for the points of those rings only."""
+        import numpy as np
+        grid = self.grid
+        x, y, z = float(point["x"]), float(point["y"]), float(point["z"])
+        columns, rows = grid.columns_rows(np.array([x]), np.array([y]))
+        column, row = int(columns[0]), int(rows[0])
+        best = self.read(0, 0)
+        squared = np.zeros(0)
+        for ring in range(max(grid.nx, grid.ny) + 1):
+            c0, c1, r0, r1 = column - ring, column + ring, row - ring, row + ring
+            across = np.arange(max(c0, 0), min(c1, grid.nx - 1) + 1)
+            along = np.arange(max(r0 + 1, 0), min(r1 - 1, grid.ny - 1) + 1)
+            cells = [j * grid.nx + across for j in {r0, r1} if 0 <= j < grid.ny]
+            cells += [along * grid.nx + i for i in {c0, c1} if 0 <= i < grid.nx]
+            cells = np.unique(np.concatenate(cells)) if cells else np.zeros(0, np.int64)
+            if len(cells):
+                found = self.read_cells(cells)
+                distances = ((found["x"] - x) * (found["x"] - x) + (found["y"] - y) * (found["y"] - y)
+                             + (found["z"] - z) * (found["z"] - z))
+                best, squared = np.concatenate([best, found]), np.concatenate([squared, distances])
+                order = np.argsort(squared, kind="stable")[:k]
+                best, squared = taken(best, order), squared[order]
+            if c0 <= 0 and r0 <= 0 and c1 >= grid.nx - 1 and r1 >= grid.ny - 1:
+                break
+            if len(best) == k:
+                (left, bottom), (right, top) = grid.rectangle(max(c0, 0), min(c1, grid.nx - 1) + 1, max(r0, 0),
+                                                              min(r1, grid.ny - 1) + 1)
+                sides = [x - left if c0 > 0 else math.inf, right - x if c1 < grid.nx - 1 else math.inf,
+                         y - bottom if r0 > 0 else math.inf, top - y if r1 < grid.ny - 1 else math.inf]
+                margin = 1e-9 * (1 + abs(x) + abs(y))  # a point's cell may be off by a rounding at a cell's edge
+                if math.sqrt(squared[-1]) < min(sides) - margin:
+                    break
+        return best
 
 
 class PointValues:
@@ -511,7 +569,7 @@ def typical_distance(count, low, high, lows, highs, k):
     return max(width, height, 1e-3) * k / count
 
 
-def knn_tiles(tiles, centre, compute, k=None, radius=None):
+def knn_tiles(tiles, centre, compute, knn=None, radius=None):
     """Computes the item's points tile by tile, each with the neighbours it has in the whole cloud; yields
     (positions of the points, results) for each tile.
 
@@ -519,49 +577,56 @@ def knn_tiles(tiles, centre, compute, k=None, radius=None):
     points are to be computed, and returns (their results: an array or a tuple of arrays indexed like the
     points, their reach). With `radius`, the buffer is the radius and `reach` is ignored. For k nearest
     neighbours, `reach` is an upper bound of each point's distance to its k-th neighbour in that cloud (infinite
-    when the cloud holds fewer than k points). A core point whose reach passes its distance to the edge of the
-    buffered rectangle may miss a neighbour: when more than 1 in REPAIR_SHARE do, the tile is computed again
-    with a buffer twice as wide; the few left are computed again, each in a cloud of every point within its
-    reach (`repair`), which is exact, since the reach in a part of the cloud bounds the true k-th distance. The
-    first buffer is a multiple of the typical k-th distance, the multiple learnt from the tiles before.
+    when the cloud holds fewer than k points); a core point whose reach passes its distance to the edge of the
+    buffered rectangle may miss a neighbour. When more than 1 in REPAIR_SHARE do, the tile is computed again
+    with a buffer twice as wide; the few left are computed again each with its own k nearest points (`repair`).
+    The first buffer is a multiple of the typical k-th distance, the multiple learnt from the tiles before, and
+    no buffer reads more than BUFFER_POINTS points (or the tile's own number).
     """
     import numpy as np
-    factor = 4.0
-    everything = int(tiles.tile_count.sum())
+    factor = 8.0
     for t in range(len(tiles.tiles)):
         core = tiles.core(t)
         low, high = tiles.rectangle(t)
-        typical = None
+
+        def outer(width):
+            return (low[0] - width, low[1] - width), (high[0] + width, high[1] + width)
+
+        def affordable(width):
+            return tiles.count_in(*outer(width)) - len(core) <= max(BUFFER_POINTS, len(core))
+
         if radius is not None:
             width = radius
         else:
-            typical = typical_distance(len(core), low, high, tiles.lows, tiles.highs, k)
+            typical = typical_distance(len(core), low, high, tiles.lows, tiles.highs, knn)
             width = factor * typical
+            while width > typical / 64 and not affordable(width):
+                width /= 2
         while True:
-            outer_low, outer_high = (low[0] - width, low[1] - width), (high[0] + width, high[1] + width)
-            ring = tiles.points_in(outer_low, outer_high, without_tile=t)
+            ring = tiles.points_in(*outer(width), without_tile=t)
             cloud = np.concatenate([core, ring]) if len(ring) else core
             results, reach = compute(local_xyz(cloud, centre), len(core))
+            log.debug("tile %d: %d points and %d around them, %g m wide", t, len(core), len(ring), width)
             if radius is not None:
                 failing = np.zeros(0, np.int64)
                 break
-            edges = edge_distances(core, outer_low, outer_high, tiles.lows, tiles.highs)
-            failing = np.flatnonzero(~(reach <= edges))
+            failing = np.flatnonzero(~(reach <= edge_distances(core, *outer(width), tiles.lows, tiles.highs)))
             finite = reach[np.isfinite(reach)]
             if len(finite):
                 factor = max(float(np.quantile(finite, 0.99)) / typical, 0.5)
-            if len(failing) <= max(len(core) // REPAIR_SHARE, MIN_REPAIR) or len(cloud) == everything:
+            if len(failing) <= max(len(core) // REPAIR_SHARE, MIN_REPAIR) or not affordable(2 * width):
                 break
             width *= 2
         del cloud, ring
         if len(failing):
-            log.debug("tile %d: %d of %d points computed again with all their neighbours", t, len(failing),
+            log.debug("tile %d: %d of %d points computed again with their own neighbours", t, len(failing),
                       len(core))
-            results = _replaced(results, failing, repair(tiles, centre, compute, core[failing], reach[failing]))
+            results = _replaced(results, failing, repair(tiles, centre, compute, core[failing], knn))
         yield core["index"], results
 
 
 MIN_REPAIR = 16  # points of a tile that may be computed again one by one, however small the tile
+BUFFER_POINTS = 1 << 18  # points a buffer may hold beyond the tile's own number
 
 
 def _replaced(results, where, values):
@@ -571,51 +636,22 @@ def _replaced(results, where, values):
     return results
 
 
-def repair(tiles, centre, compute, points, bounds):
-    """Results for `points` (records), computed in a cloud holding every point within x/y distance `bounds`
-    of each (upper bounds of their distances to their k-th neighbours, which makes them exact). An infinite
-    bound (the cloud it came from was too small) becomes a distance that doubles until the cloud's own reach
-    is within it."""
+def repair(tiles, centre, compute, points, knn):
+    """Results for `points` (records), each computed in a cloud of its own k nearest points of the item
+    (`Tiles.nearest`, the point first): the cloud's k nearest neighbours of the point are then all of it."""
     import numpy as np
-    results = None
-    todo = np.arange(len(points))
-    known = np.isfinite(bounds)
-    whole = max(tiles.highs[0] - tiles.lows[0], tiles.highs[1] - tiles.lows[1])
-    radius = np.where(known, bounds, max(whole / 64, 1e-3))
-    while len(todo):
-        chosen = points[todo]
-        near = [tiles.points_in((x - r, y - r), (x + r, y + r))
-                for x, y, r in zip(chosen["x"].tolist(), chosen["y"].tolist(), radius[todo].tolist())]
-        near = np.concatenate(near)
-        _, first = np.unique(near["index"], return_index=True)
-        near = near[first]
-        others = near[~np.isin(near["index"], chosen["index"])]
-        cloud = np.concatenate([chosen, others])
-        got, reach = compute(local_xyz(cloud, centre), len(chosen))
-        if results is None:
-            results = _empty_like(got, len(points))
-        done = known[todo] | (reach <= radius[todo]) | (radius[todo] >= whole)
-        _assign(results, todo[done], got, done)
-        left = ~done
-        known[todo[left]] = np.isfinite(reach[left])
-        radius[todo[left]] = np.where(known[todo[left]], reach[left], radius[todo[left]] * 2)
-        todo = todo[left]
-    return results
-
-
-def _empty_like(got, count):
-    import numpy as np
-    if isinstance(got, tuple):
-        return tuple(_empty_like(g, count) for g in got)
-    return np.empty((count,) + got.shape[1:], got.dtype)
-
-
-def _assign(results, where, got, mask):
-    if isinstance(results, tuple):
-        for r, g in zip(results, got):
-            _assign(r, where, g, mask)
-        return
-    results[where] = got[mask]
+    results = []
+    for point in points:
+        cloud = tiles.nearest(point, knn)
+        mine = np.flatnonzero(cloud["index"] == point["index"])
+        if len(mine):  # the point first
+            cloud = np.concatenate([cloud[mine[0]:mine[0] + 1], np.delete(cloud, mine[0])])
+        else:  # more than k points at the very place of the point: any of them will do, and it comes first
+            cloud = np.concatenate([point.reshape(1), cloud[:-1]])
+        results.append(compute(local_xyz(cloud, centre), 1)[0])
+    if isinstance(results[0], tuple):
+        return tuple(np.concatenate(parts) for parts in zip(*results))
+    return np.concatenate(results)
 
 
 def finished(step, label, item, points_in, points_out):

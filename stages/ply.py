@@ -353,9 +353,14 @@ def shifted(path, chunks, offset):
 
 
 
+NORMALS = {"normal_x": "nx", "normal_y": "ny", "normal_z": "nz"}  # what open3d, CloudCompare, MeshLab read
+
+
 def ply_properties(dtype):
-    """(property name, numpy type) for each column a chunk dtype becomes; arrays become name_0, name_1, ..."""
+    """(property name, numpy type) for each column a chunk dtype becomes; arrays become name_0, name_1, ...;
+    normal_x, normal_y, normal_z (transform.normals) become nx, ny, nz, unless the points have those already."""
     import numpy as np
+    renamed = {} if set(NORMALS.values()) & set(dtype.names) else NORMALS
     columns = []
     for name in dtype.names:
         field_dtype = dtype[name]
@@ -363,7 +368,7 @@ def ply_properties(dtype):
         code = base.str.lstrip("<>|=")
         if code not in PLY_NAME:
             code = "f8"  # 64-bit integers: PLY has no such type
-        names = [name] if not shape else [f"{name}_{i}" for i in range(int(np.prod(shape)))]
+        names = [renamed.get(name, name)] if not shape else [f"{name}_{i}" for i in range(int(np.prod(shape)))]
         columns += [(column, code) for column in names]
     return columns
 

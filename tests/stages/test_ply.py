@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.errors import SourceError
 from stages.ply import parse_header, read_ply
-from tests.conftest import as_array, run
+from tests.conftest import as_array, ply_run, run
 from tests.plyfile_plain import read_plain_ply
 
 
@@ -304,3 +304,29 @@ def test_ascii_lines_of_the_wrong_width_are_refused_even_when_the_words_add_up(t
     with pytest.raises(SourceError) as error:
         read_all(path)
     assert str(error.value) == f"{path}: line 10: expected 3 values, got 2"
+
+
+def test_normals_are_written_as_nx_ny_nz_which_open3d_reads_as_normals(tmp_path, registry):
+    """normal_x, normal_y, normal_z (transform.normals) become nx, ny, nz; points that have nx, ny, nz already
+    keep them, and their normal_x, normal_y, normal_z keep their names."""
+    rng = np.random.default_rng(5)
+    normals = rng.normal(size=(50, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    records = np.zeros(50, [("x", "f8"), ("y", "f8"), ("z", "f8"), ("normal_x", "f4"), ("normal_y", "f4"),
+                            ("normal_z", "f4"), ("curvature", "f4")])
+    records["x"], records["y"], records["z"] = rng.uniform(0, 10, (3, 50))
+    records["normal_x"], records["normal_y"], records["normal_z"] = normals.T
+    write_binary_ply(tmp_path / "in.ply", records, "<")
+    path = ply_run(tmp_path, registry, "in.ply")
+    assert "property float nx\nproperty float ny\nproperty float nz\nproperty float curvature\n" in \
+        path.read_bytes().split(b"end_header")[0].decode()
+    cloud = open3d.io.read_point_cloud(str(path))
+    assert cloud.has_normals()
+    assert np.array_equal(np.asarray(cloud.normals), normals.astype(np.float32).astype(np.float64))
+    both = np.zeros(5, [("x", "f8"), ("y", "f8"), ("z", "f8"), ("nx", "f4"), ("ny", "f4"), ("nz", "f4"),
+                        ("normal_x", "f4"), ("normal_y", "f4"), ("normal_z", "f4")])
+    write_binary_ply(tmp_path / "both.ply", both, "<")
+    names = [line.split()[-1] for line in ply_run(tmp_path, registry, "both.ply").read_bytes()
+             .split(b"end_header")[0].decode().splitlines() if line.startswith("property")]
+    assert names == ["x", "y", "z", "nx", "ny", "nz", "normal_x", "normal_y", "normal_z"]
+
