@@ -33,9 +33,10 @@ def test_demo_runs_and_outputs_read_back(demo_copy):
     done = cli("run", demo_copy / "demo.yaml", "--report", report)
     assert done.returncode == 0, done.stderr
     assert done.stdout == ""
-    assert done.stderr.splitlines()[-1].startswith("done: 3 item(s), 60,000 points in, 60,000 out, 9 file(s) written")
+    assert done.stderr.splitlines()[-1].startswith("done: 3 item(s), 60,000 points in, 60,000 out, 10 file(s) written")
     out = demo_copy.parent / "out"
-    assert sorted(p.name for p in out.iterdir()) == [f"scan_0{i}.{s}" for i in (1, 2, 3) for s in ("las", "laz", "ply")]
+    assert sorted(p.name for p in out.iterdir()) == ["preview.png"] + [f"scan_0{i}.{s}" for i in (1, 2, 3)
+                                                                       for s in ("las", "laz", "ply")]
     world = demo_world_matrices(demo_copy)
     for stem in ("scan_01", "scan_02"):
         original = laspy.read(demo_copy / f"data/{stem}.laz")
@@ -57,7 +58,7 @@ def test_demo_runs_and_outputs_read_back(demo_copy):
     assert np.array_equal(written.red, scan_03["red"]) and np.array_equal(written.intensity, scan_03["intensity"])
     run = json.loads(report.read_text())
     assert run["config"]["sha256"] == hashlib.sha256((demo_copy / "demo.yaml").read_bytes()).hexdigest()
-    assert run["totals"] == {"items": 3, "points_in": 60000, "points_out": 60000, "outputs": 9,
+    assert run["totals"] == {"items": 3, "points_in": 60000, "points_out": 60000, "outputs": 10,
                              "bytes_written": sum(p.stat().st_size for p in out.iterdir())}
     first = run["items"][0]
     step = first["applied"][0]
@@ -159,7 +160,8 @@ def test_validate_json(demo_copy, tmp_path):
     assert done.returncode == 0
     result = json.loads(done.stdout)
     assert result["valid"] is True and result["errors"] == []
-    assert [s["type"] for s in result["stages"]] == ["source.files", "transform.align", "sink.las", "sink.las", "sink.ply"]
+    assert [s["type"] for s in result["stages"]] == ["source.files", "transform.align", "sink.las", "sink.las", "sink.ply",
+                                                  "sink.preview"]
     bad = write_config(tmp_path, "version: 2\nstages: []\n")
     done = cli("validate", bad, "--json")
     assert done.returncode == 1
@@ -220,7 +222,7 @@ def test_usage_errors_exit_2(demo_copy):
     done = cli("run", demo_copy / "demo.yaml", "--set", "nosuchtag.path=x")
     assert done.returncode == 2
     assert done.stderr == ("pipeline: error: --set nosuchtag.path: no stage has tag 'nosuchtag' "
-                           "(tags: align, input, las, laz, ply)\n")
+                           "(tags: align, input, las, laz, ply, preview)\n")
 
 
 def test_missing_environment_variable_is_named(tmp_path):

@@ -1008,11 +1008,12 @@ def test_demo_config(registry):
 
     assert [(spec.type, spec.tag) for spec in config.stages] == [
         ("source.files", "input"), ("transform.align", "align"),
-        ("sink.las", "las"), ("sink.las", "laz"), ("sink.ply", "ply")]
+        ("sink.las", "las"), ("sink.las", "laz"), ("sink.ply", "ply"), ("sink.preview", "preview")]
     assert config.stages[0].options == {"paths": [str(data / "*.laz"), str(data / "*.ply")], "chunk_size": 65_536, "columns": None,
                                         "metadata": str(data / "capture.json"), "truncated": "error"}
     assert [spec.options["path"] for spec in config.sinks] == [
-        str(REPO / "out" / "{name}.las"), str(REPO / "out" / "{name}.laz"), str(REPO / "out" / "{name}.ply")]
+        str(REPO / "out" / "{name}.las"), str(REPO / "out" / "{name}.laz"), str(REPO / "out" / "{name}.ply"),
+        str(REPO / "out" / "preview.png")]
     assert isinstance(config.source, StageSpec)
     assert FilesSource in {registry.get(spec.type) for spec in config.stages}
 

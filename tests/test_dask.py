@@ -42,7 +42,7 @@ def test_the_demo_on_a_local_cluster_writes_the_bytes_of_a_jobs_1_run(demo_copy,
     dask_outputs = outputs(demo_copy.parent / "out")
     shutil.rmtree(demo_copy.parent / "out")
     run_with(demo_copy / "demo.yaml", registry)
-    assert outputs(demo_copy.parent / "out") == dask_outputs and len(dask_outputs) == 9
+    assert outputs(demo_copy.parent / "out") == dask_outputs and len(dask_outputs) == 10
 
 
 def test_a_cupix_run_on_a_local_cluster_writes_the_bytes_of_a_jobs_1_run(tmp_path, capture, registry, monkeypatch):
