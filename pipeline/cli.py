@@ -48,6 +48,15 @@ def build_parser():
     validate.add_argument("--json", action="store_true", help='print {"valid", "errors", "stages"}')
     validate.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
 
+    inspect = commands.add_parser("inspect", help="show where a config would place its items, before any point is "
+                                  "read (Cupix subs: source.files with a metadata listing, or source.cupix)")
+    inspect.add_argument("config")
+    inspect.add_argument("--plot", metavar="FILE.png", help="also draw every item where it would be placed")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    inspect.add_argument("--set", dest="overrides", action="append", default=[], metavar="TAG.OPTION=VALUE",
+                         help="override an option of the stage with that tag (VALUE is read as YAML)")
+    inspect.add_argument("--debug", action="store_true", help="show tracebacks")
+
     stages = commands.add_parser("stages", help="list the available stages and their options")
     stages.add_argument("--json", action="store_true")
     stages.add_argument("--debug", action="store_true", help=argparse.SUPPRESS)
@@ -270,6 +279,25 @@ def command_validate(args):
     return EXIT_OK
 
 
+def command_inspect(args):
+    """Loads the config and hands it to the command plugin that inspects configs: the first whose module has an
+    `inspect_config(config, registry, plot, as_json) -> exit code` (the engine names no stage or plugin)."""
+    import importlib
+
+    from . import config as config_module
+
+    registry = load_registry()
+    config = config_module.load(args.config, registry, overrides=args.overrides)
+    for name, entry in sorted(plugin_commands().items()):
+        try:
+            inspect = getattr(importlib.import_module(entry.module), "inspect_config", None)
+        except ImportError as error:
+            raise PipelineError(f"the {name!r} command cannot be loaded: {error}") from error
+        if inspect is not None:
+            return inspect(config, registry, plot=args.plot, as_json=args.json)
+    raise PipelineError("no installed command plugin can inspect a config")
+
+
 def describe_stages(registry):
     described = []
     for name in registry.names():
@@ -301,4 +329,4 @@ def command_stages(args):
     return EXIT_OK
 
 
-COMMANDS = {"run": command_run, "validate": command_validate, "stages": command_stages}
+COMMANDS = {"run": command_run, "validate": command_validate, "stages": command_stages, "inspect": command_inspect}
