@@ -127,6 +127,9 @@ class GuardedWriter(Writer):
     def __init__(self, writer, sink, item, dtype=None):
         self.writer, self.sink, self.item, self.dtype = writer, sink, item, dtype
 
+    def start_item(self, item):
+        self.writer.start_item(item)
+
     def prepare(self, chunk):
         with sink_errors(self.sink, self.item):
             return self.writer.prepare(chunk if self.dtype is None else chunk.conformed(self.dtype))
@@ -173,6 +176,8 @@ def process_item(plan: Plan, item: Item, staging, on_points=lambda n: None, shar
                 if not is_merging(sink):
                     writers.append(open_writer(sink, item, info, staging))
             every = [*writers, *shared]
+            for writer in shared:
+                writer.start_item(item)
 
             def prepared(chunk):
                 return len(chunk), Bounds.of(chunk), [writer.prepare(chunk) for writer in every]

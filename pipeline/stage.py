@@ -126,6 +126,9 @@ class Writer:
     previous one is written.
     """
 
+    def start_item(self, item: Item) -> None:
+        """A writer of a `merge: true` sink is told when the chunks of another item start."""
+
     def prepare(self, chunk: Chunk):
         return chunk
 

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import struct
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -221,19 +220,6 @@ class PreviewSink(Sink):
         return replace(merged, format_facts={**merged.format_facts, "preview": {"items": listed}})
 
 
-def streaming_item():
-    """The item whose chunk a merging writer is given in `write`: the Writer API does not say, so it is read from
-    the engine's per-item loop (`pipeline.run_item.process_item`, its local `item`) up the calling stack; None if
-    not found. A bridge until the engine tells merging writers where each item starts."""
-    from pipeline import run_item
-    frame = sys._getframe(1)
-    while frame is not None:
-        if frame.f_code is run_item.process_item.__code__:
-            return frame.f_locals.get("item")
-        frame = frame.f_back
-    return None
-
-
 EMPTY = -(1 << 63)  # a pixel no point falls in
 LOW = 0xFFFFFFFF
 
@@ -289,7 +275,7 @@ class PreviewWriter(Writer):
         self.points = 0
         self.outside = 0
         self.written = None  # (size, sha256) once the picture is written
-        self.lost = False  # merging: the engine's item could not be found
+        self.current = item  # the item whose chunks come (merging: each item, see start_item)
         self.float_intensity = self.mode == "intensity" and info.dtype["intensity"].kind == "f"
         self.spill, self.spill_bounds, self.spill_dtype = None, None, None
         self.panels = self.buffers = None
@@ -356,7 +342,7 @@ class PreviewWriter(Writer):
         if prepared is None:
             return
         count, found, xyz, values, high = prepared
-        item = self.streaming() if self.merged else self.item
+        item = self.current
         if item.index not in self.items:
             self.items[item.index] = (item.name, len(self.items) + 1)
         if item.index not in self.colours and self.mode == "rgb":
@@ -367,15 +353,8 @@ class PreviewWriter(Writer):
         else:
             self.draw(found, item)
 
-    def streaming(self):
-        """The item whose chunk this merging writer was given (see streaming_item); when the engine's loop
-        cannot be found, the picture's own item, said once."""
-        item = streaming_item()
-        if item is None:
-            if not self.lost:
-                log.warning("%s: cannot tell which item a chunk is from: the picture shows them as one", self.where)
-            self.lost, item = True, self.item
-        return item
+    def start_item(self, item):
+        self.current = item
 
     def draw(self, found, item):
         import numpy as np

@@ -110,6 +110,7 @@ def crs_text(records):
     the EPSG codes of the GeoTIFF keys; None when there is none to give."""
     for record_id, data in records:
         if record_id == WKT_RECORD:
-            return " ".join(data.split(b"\0", 1)[0].decode("ascii", "replace").split())
+            text = " ".join(data.split(b"\0", 1)[0].decode("ascii", "replace").split())
+            return text if text.isascii() and text.isprintable() else None  # a PLY header is ASCII
     name = crs_name(records)
     return name if name.startswith("EPSG:") else None

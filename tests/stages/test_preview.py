@@ -236,7 +236,7 @@ def test_one_picture_per_item_each_in_its_colour(squares, registry):
         assert at(pixels, layout, 5 + 20 * index, 5) == ITEM_COLOURS[index] + (255,)
 
 
-def test_a_merging_writer_that_cannot_find_the_engines_item_says_so_once(tmp_path, caplog):
+def test_a_merging_writer_draws_each_chunk_in_the_colour_of_the_item_the_engine_says_it_is_from(tmp_path):
     from pipeline.chunk import Chunk
     from pipeline.model import Item, StreamInfo
     from pipeline.staging import Staging
@@ -244,18 +244,21 @@ def test_a_merging_writer_that_cannot_find_the_engines_item_says_so_once(tmp_pat
 
     preview = PreviewSink({"path": str(tmp_path / "p.png"), "size": None, "resolution": 1.0, "color": "item",
                            "view": "top", "merge": True}, label="stages[1] (sink.preview)")
-    points = np.zeros(4, [("x", "f8"), ("y", "f8"), ("z", "f8")])
-    points["x"] = [0, 1, 2, 3]
+    points = np.zeros(2, [("x", "f8"), ("y", "f8"), ("z", "f8")])
     items = [Item(id=n, name=n, index=i, location=n) for i, n in enumerate(["a", "b"])]
-    infos = [StreamInfo(dtype=points.dtype, source_format="las", bounds=Bounds((0, 0, 0), (3, 0, 0)))] * 2
+    infos = [StreamInfo(dtype=points.dtype, source_format="las", bounds=Bounds((E, N, 0), (E + 30, N + 10, 0)))] * 2
     merged = Item(id="merged", name="merged", index=-1, location="merged items")
-    writer = preview.open(merged, preview.merged_info(items, infos), Staging())
-    with caplog.at_level(logging.WARNING):
-        for _ in range(2):
-            writer.write(writer.prepare(Chunk.of(points)))
-        writer.close()
-    assert [r.getMessage() for r in caplog.records] == [
-        "stages[1] (sink.preview): merged: cannot tell which item a chunk is from: the picture shows them as one"]
+    staging = Staging(checksums=False)
+    points["y"] = N + 5
+    writer = preview.open(merged, preview.merged_info(items, infos), staging)
+    for item, xs in zip(items, ([0, 1], [28, 29])):
+        writer.start_item(item)
+        points["x"] = E + np.array(xs)
+        writer.write(writer.prepare(Chunk.of(points)))
+    writer.close()
+    pixels, layout = read(staging.temporary(tmp_path / "p.png"))
+    assert tuple(at(pixels, layout, 0, 5)) == ITEM_COLOURS[0] + (255,)
+    assert tuple(at(pixels, layout, 28, 5)) == ITEM_COLOURS[1] + (255,)
 
 
 def test_an_item_without_bounds_is_kept_aside_and_drawn_as_from_las(tmp_path, registry, caplog):
