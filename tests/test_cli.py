@@ -175,7 +175,8 @@ def test_stages_lists_options_with_types_and_defaults():
     assert done.returncode == 0
     stages = {s["type"]: s for s in json.loads(done.stdout)}
     assert set(stages) == {"source.files", "source.cupix", "transform.matrix", "transform.align", "transform.crop",
-                           "transform.decimate", "transform.filter", "sink.las", "sink.ply"}
+                           "transform.decimate", "transform.filter", "transform.voxel", "transform.outliers",
+                           "transform.normals", "sink.las", "sink.ply", "sink.preview"}
     chunk = next(o for o in stages["source.files"]["options"] if o["name"] == "chunk_size")
     assert chunk == {"name": "chunk_size", "type": "integer >= 1", "required": False, "default": 65536,
                      "doc": "points per chunk"}
@@ -190,7 +191,7 @@ def test_stages_wraps_to_the_terminal_width(columns):
     lines = done.stdout.splitlines()
     assert done.returncode == 0 and len(lines) > 50
     assert max(map(len, lines)) <= columns - 1
-    assert "    chunk_size (integer >= 1; default 65536): points per chunk" in lines
+    assert ("    chunk_size (integer >= 1; default 65536): points per chunk" in lines) == (columns == 100)
 
 
 def test_runtime_error_is_one_line_without_traceback(tmp_path):

@@ -18,12 +18,17 @@ from stages.files import FilesSource
 from stages.filter import FilterTransform
 from stages.las import LasSink
 from stages.matrix import MatrixTransform
+from stages.normals import NormalsTransform
+from stages.outliers import OutliersTransform
 from stages.ply import PlySink
+from stages.preview import PreviewSink
+from stages.voxel import VoxelTransform
 
 REPO = Path(__file__).resolve().parents[1]
 BUILT_IN = {
     "sink.las": "stages.las:LasSink",
     "sink.ply": "stages.ply:PlySink",
+    "sink.preview": "stages.preview:PreviewSink",
     "source.cupix": "stages.cupix.source:CupixSource",
     "source.files": "stages.files:FilesSource",
     "transform.align": "stages.cupix.alignment:AlignTransform",
@@ -31,6 +36,9 @@ BUILT_IN = {
     "transform.decimate": "stages.decimate:DecimateTransform",
     "transform.filter": "stages.filter:FilterTransform",
     "transform.matrix": "stages.matrix:MatrixTransform",
+    "transform.normals": "stages.normals:NormalsTransform",
+    "transform.outliers": "stages.outliers:OutliersTransform",
+    "transform.voxel": "stages.voxel:VoxelTransform",
 }
 STAGE_MODULE = '''\
 from pipeline.stage import {base}
@@ -260,9 +268,9 @@ def test_built_in_stages_come_from_entry_points():
     registry = Registry.from_entry_points()
 
     assert registry.entries() == BUILT_IN
-    assert [registry.get(name) for name in registry.names()] == [LasSink, PlySink, CupixSource, FilesSource, AlignTransform,
-                                                                 CropTransform, DecimateTransform, FilterTransform,
-                                                                 MatrixTransform]
+    assert [registry.get(name) for name in registry.names()] == [
+        LasSink, PlySink, PreviewSink, CupixSource, FilesSource, AlignTransform, CropTransform, DecimateTransform,
+        FilterTransform, MatrixTransform, NormalsTransform, OutliersTransform, VoxelTransform]
 
 
 def test_other_group_is_empty():
@@ -279,9 +287,10 @@ def test_plugin_distribution_adds_a_stage(tmp_path, modules):
     registry = Registry.from_entry_points()
 
     assert registry.entries() == {**BUILT_IN, "source.demo": f"{module}:DemoSource", "sink.demo": f"{module}:DemoSink"}
-    assert registry.names() == ["sink.demo", "sink.las", "sink.ply", "source.cupix", "source.demo", "source.files",
-                                "transform.align", "transform.crop", "transform.decimate", "transform.filter",
-                                "transform.matrix"]
+    assert registry.names() == ["sink.demo", "sink.las", "sink.ply", "sink.preview", "source.cupix", "source.demo",
+                                "source.files", "transform.align", "transform.crop", "transform.decimate",
+                                "transform.filter", "transform.matrix", "transform.normals", "transform.outliers",
+                                "transform.voxel"]
     assert module not in sys.modules
 
     demo = registry.get("source.demo")
@@ -352,5 +361,5 @@ def test_import_and_validation_load_no_heavy_library():
 
     assert done.returncode == 0, done.stderr
     # numpy, open3d, laspy and requests are imported only when data is read or written
-    assert json.loads(done.stdout) == {"import": [], "registry": [], "validate": [], "listed": [], "stages": 5,
+    assert json.loads(done.stdout) == {"import": [], "registry": [], "validate": [], "listed": [], "stages": 6,
                                        "known": len(BUILT_IN)}
