@@ -23,6 +23,9 @@ BLOCK = 4  # bits of a cell index that fall within a block: blocks of 16 x 16 x 
 BLOCK_SPAN = 1 << 20  # blocks either side of the first point's block, along each axis (21 bits of a key each)
 DENSE_CELLS = 1 << 25  # cells of the dense map of `first` at most (2 bytes each: 64 MB)
 DENSE_SLICE = (1 << 16) - 1  # points decided at once with the dense map (their positions + 1 fit its 16 bits)
+# blocks hold 512 bytes of bits each: when there are this many and their cells are this few a block on average
+# (points scattered in 3D, noise), a table of the cells' keys (32 bytes a cell) takes less memory
+SCATTERED_BLOCKS, SCATTERED_CELLS = 1 << 15, 16
 GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing's multiplier
 EMPTY = -1
 
@@ -262,12 +265,92 @@ class SparseCells:
         first = first_of(bit[unseen])
         kept = unseen[first == np.arange(len(unseen))]
         self.set(bit[kept])
+        self.cells += len(kept)
         return kept
+
+    cells = 0  # cells seen
+
+    @property
+    def scattered(self):
+        """True when the blocks hold so few cells each that KeyCells would take less memory."""
+        return self.table.count >= SCATTERED_BLOCKS and self.cells < SCATTERED_CELLS * self.table.count
+
+    def seen(self):
+        """The cells seen, as (3, n) cell indices."""
+        import numpy as np
+        used = self.table.keys != EMPTY
+        keys = np.empty(self.table.count, np.int64)
+        keys[self.table.numbers[used]] = self.table.keys[used]
+        used_bytes = np.flatnonzero(self.bits[:self.table.count << (3 * BLOCK - 3)])
+        bits = np.unpackbits(self.bits[used_bytes][:, None], axis=1, bitorder="little")
+        byte, within_byte = np.nonzero(bits)
+        bit = (used_bytes[byte] << 3) | within_byte
+        key, within = keys[bit >> 3 * BLOCK], bit & ((1 << 3 * BLOCK) - 1)
+        mask = (1 << 21) - 1
+        blocks = np.stack([key >> 42, (key >> 21) & mask, key & mask]) + self.anchor
+        inner = np.stack([within >> 2 * BLOCK, (within >> BLOCK) & ((1 << BLOCK) - 1), within & ((1 << BLOCK) - 1)])
+        return (blocks << BLOCK) | inner
+
+
+class KeyCells:
+    """The cells seen so far, for `first`, when they are scattered (few to a block): their keys in a few sorted
+    runs, merged as in a log-structured merge tree (a run is merged into the one before it when it grows to half
+    its size), so that a chunk is looked up with one binary search a run and the merges cost O(n log n) in all:
+    8 bytes a cell, 16 while two runs merge."""
+
+    def __init__(self, label, cell):
+        self.label, self.cell = label, cell
+        self.runs = []
+        self.anchor = None
+
+    @property
+    def count(self):
+        return sum(len(run) for run in self.runs)
+
+    def keys_of(self, cells):
+        if self.anchor is None:
+            self.anchor = cells[:, :1] - BLOCK_SPAN
+        relative = cells - self.anchor
+        if relative.min() < 0 or relative.max() >= 2 * BLOCK_SPAN:
+            raise StageError(f"{self.label}: the points spread over more than {2 * BLOCK_SPAN} cells of "
+                             f"{self.cell:g} m along an axis; use a larger `cell`")
+        keys = relative[0] << 42
+        keys |= relative[1] << 21
+        keys |= relative[2]
+        return keys
+
+    def add(self, cells):
+        import numpy as np
+        self.insert(np.unique(self.keys_of(cells)))
+
+    def insert(self, keys):
+        """Adds sorted keys seen for the first time."""
+        import numpy as np
+        self.runs.append(keys)
+        while len(self.runs) > 1 and 2 * len(self.runs[-1]) >= len(self.runs[-2]):
+            last = self.runs.pop()
+            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")  # two sorted runs: a merge
+
+    def first_new(self, cells):
+        """As DenseCells.first_new, for any number of points."""
+        import numpy as np
+        keys = self.keys_of(cells)
+        candidates = np.flatnonzero(first_of(keys) == np.arange(len(keys)))
+        order = np.argsort(keys[candidates], kind="stable")
+        wanted = keys[candidates[order]]  # sorted: the binary searches then walk each run in one direction
+        new = np.ones(len(wanted), bool)
+        for run in self.runs:
+            at = np.searchsorted(run, wanted)
+            np.minimum(at, len(run) - 1, out=at)
+            new &= run[at] != wanted
+        if new.any():
+            self.insert(wanted[new])
+        return np.sort(candidates[order[new]])
 
 
 class SeenCells:
     """The cells seen so far, for `first`: a DenseCells map while the points' cells fit one (its box first made
-    to hold the item's bounds, when they are known), then SparseCells."""
+    to hold the item's bounds, when they are known), then SparseCells, then KeyCells if the cells are scattered."""
 
     def __init__(self, cell, label, bounds=None):
         import numpy as np
@@ -289,7 +372,12 @@ class SeenCells:
                 self.sparse.set(self.sparse.bits_of(seen))
             self.dense = None
         if self.sparse is not None:
-            return self.sparse.first_new(cells)
+            kept = self.sparse.first_new(cells)
+            if isinstance(self.sparse, SparseCells) and self.sparse.scattered:
+                keyed = KeyCells(self.label, self.cell)
+                keyed.add(self.sparse.seen())
+                self.sparse = keyed
+            return kept
         kept = [self.dense.first_new(cells[:, start:start + DENSE_SLICE]) + start
                 for start in range(0, cells.shape[1], DENSE_SLICE)]
         return kept[0] if len(kept) == 1 else np.concatenate(kept)

@@ -205,7 +205,8 @@ def config(folder, inputs, sink, name="bench.yaml", then=""):
 
 # point stages after the matrix, each against the same run without it, each keeping half to three quarters of the
 # points: the generated points, moved by MATRIX, lie in a 1.4 km square around (-1,739,909, 3,614,985), z from 55
-# to 155 m, classes 0..9
+# to 155 m, classes 0..9 (uniform in 3D: cells of 5 cm would each hold one point, the worst case of voxel `first`,
+# 4.8 s and 370 MB for 10 million points on 2026-11-29)
 POINT_STAGES = {
     "drop every other point": ("""
       - type: transform.decimate
@@ -216,9 +217,9 @@ POINT_STAGES = {
         polygon: [[-1740600, 3614300], [-1739200, 3614300], [-1739200, 3615700], [-1739909, 3614985],
                   [-1740600, 3615700]]
     """, ">= 0.7x LAS -> LAS"),
-    "voxel first, 5 cm cells": ("""
+    "voxel first, 5 m cells": ("""
       - type: transform.voxel
-        cell: 0.05
+        cell: 5
         mode: first
     """, ">= 0.7x LAS -> LAS"),
     "filter classification and z": ("""

@@ -250,6 +250,22 @@ def test_seen_cells_across_chunks_dense_then_sparse(monkeypatch, dense_cells):
         assert seen.sparse.table.count > 100
 
 
+def test_scattered_cells_move_from_blocks_to_a_table_of_keys(monkeypatch):
+    """Points scattered in 3D (noise) hold a cell or two a block: the blocks' bits would take 512 bytes a point
+    (10 million points: 5 GB), so the cells seen so far go to a table of their keys, and nothing else changes."""
+    from stages import voxel
+    monkeypatch.setattr(voxel, "DENSE_CELLS", 1)
+    monkeypatch.setattr(voxel, "SCATTERED_BLOCKS", 64)
+    rng = np.random.default_rng(5)
+    xyz = rng.uniform(-100, 100, (3, 30000))
+    xyz[:, 20000:] = xyz[:, :10000] + 0.001  # the same cells again, to be left out
+    seen = SeenCells(0.05, "voxel")
+    kept = np.concatenate([seen.first_new(xyz[:, start:start + 999]) + start for start in range(0, 30000, 999)])
+    assert np.array_equal(kept, expected_first(xyz, 0.05))
+    assert isinstance(seen.sparse, voxel.KeyCells) and seen.sparse.count == len(kept)
+    assert len(seen.sparse.runs) <= 12  # merged as they grow
+
+
 def test_the_dense_map_starts_from_the_item_bounds():
     from pipeline.model import Bounds
     seen = SeenCells(0.5, "voxel", Bounds((0.0, 0.0, 0.0), (10.0, 20.0, 5.0)))
