@@ -9,9 +9,10 @@ time, plus a few bytes a point for flags. The temporary folder comes from `tempf
 `finally`, also when the consumer stops early.
 
 **Tiles.** A grid of x/y cells is laid over the item (about CELL_POINTS points a cell), and tiles are rectangles
-of cells, split in two at the median along their longer side until each holds at most TILE_POINTS points (or is
-one cell). The tile file holds the points tile after tile, the cells of a tile row by row, and the points of a
-cell in their original order; so a tile is one read, and any rectangle a handful of reads (`Tiles.points_in`).
+of cells, cut in two across their longer side (near the middle of their points, where the cut crosses fewest)
+until each holds at most TILE_POINTS points (or is one cell). The tile file holds the points tile after tile, the
+cells of a tile row by row, and the points of a cell in their original order; so a tile is one read, and any
+rectangle a handful of reads (`Tiles.points_in`).
 
 **Results do not depend on the tiling.** A tile is computed with a buffer: the points within a distance of its
 rectangle. For a radius search the buffer is the radius. For k nearest neighbours each core point's reach (an
@@ -278,17 +279,39 @@ class Grid:
         return (((self.i0 + i0) * size, (self.j0 + j0) * size), ((self.i0 + i1) * size, (self.j0 + j1) * size))
 
 
+def best_cut(sums):
+    """Where to cut a row of counts in two (the index of the first count of the second part): where the counts
+    on either side of the cut are fewest (a buffer across it then holds few points: a wall is best not cut
+    along), among the cuts that leave 35 to 65 % of the total on each side; the cut nearest the middle among
+    equal ones.
+
+    >>> best_cut([4, 4, 4, 0, 4, 4, 4, 4]), best_cut([4, 4, 4, 4, 4, 4, 4, 4]), best_cut([1, 1])
+    (3, 4, 1)
+    """
+    import numpy as np
+    sums = np.asarray(sums, dtype=np.float64)
+    before = np.cumsum(sums)[:-1]  # the count before each cut 1..n-1
+    total = before[-1] + sums[-1] if len(before) else sums.sum()
+    cuts = np.arange(1, len(sums))
+    fair = (before >= 0.35 * total) & (before <= 0.65 * total)
+    if not fair.any():
+        fair = np.abs(before - total / 2) == np.abs(before - total / 2).min()
+    across = sums[:-1] + sums[1:]
+    score = np.where(fair, across, np.inf)
+    best = np.flatnonzero(score == score.min())
+    return int(cuts[best[np.argmin(np.abs(before[best] - total / 2))]])
+
+
 def split_tiles(counts, limit):
     """Rectangles of cells (i0, i1, j0, j1: half-open columns and rows) covering a grid of point counts (rows
     by columns), each holding at most `limit` points unless it is one cell, in an order that keeps neighbours
-    near each other: a rectangle is cut in two at the median of its longer side. Rectangles without points are
-    left out.
+    near each other: a rectangle is cut in two across its longer side (see best_cut). Rectangles without points
+    are left out.
 
     >>> import numpy as np
     >>> split_tiles(np.array([[1, 1, 1, 1], [1, 1, 0, 0]]), 3)
     [(0, 1, 0, 2), (1, 2, 0, 2), (2, 4, 0, 2)]
     """
-    import numpy as np
     tiles = []
     stack = [(0, counts.shape[1], 0, counts.shape[0])]
     while stack:
@@ -302,9 +325,8 @@ def split_tiles(counts, limit):
             continue
         along_columns = (i1 - i0 >= j1 - j0) if i1 - i0 > 1 and j1 - j0 > 1 else i1 - i0 > 1
         sums = block.sum(axis=0 if along_columns else 1)
-        low, high = (i0, i1) if along_columns else (j0, j1)
-        cut = low + int(np.searchsorted(np.cumsum(sums), total / 2)) + 1
-        cut = min(max(cut, low + 1), high - 1)
+        low = i0 if along_columns else j0
+        cut = low + best_cut(sums)
         if along_columns:
             stack += [(cut, i1, j0, j1), (i0, cut, j0, j1)]
         else:

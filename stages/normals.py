@@ -37,27 +37,43 @@ def three_numbers():
     return Kind("[x, y, z]", check)
 
 
-def surface_variation(covariances, normals):
-    """n·Cn / trace(C) for each covariance C (n, 3, 3) and unit normal n (n, 3): λ0 / (λ0 + λ1 + λ2) where n is
-    C's eigenvector of the smallest eigenvalue; NaN for a zero covariance or the identity (open3d's covariance of
-    fewer than 3 neighbours).
+def covariance_entries(covariances):
+    """The six entries (c00, c11, c22, c01, c02, c12) of symmetric 3 x 3 matrices (n, 3, 3), each as one
+    contiguous array."""
+    import numpy as np
+    return tuple(np.ascontiguousarray(covariances[:, i, j]) for i, j in ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2),
+                                                                          (1, 2)))
+
+
+def surface_variation(entries, normals):
+    """n·Cn / trace(C) for covariances C (their six entries, see covariance_entries) and unit normals n (n, 3):
+    λ0 / (λ0 + λ1 + λ2) where n is C's eigenvector of the smallest eigenvalue; NaN for a zero covariance or the
+    identity (open3d's covariance of fewer than 3 neighbours).
 
     >>> import numpy as np
     >>> c = np.array([np.diag([4.0, 1.0, 0.5]), np.eye(3), np.zeros((3, 3))])
-    >>> surface_variation(c, np.array([[0.0, 0.0, 1.0]] * 3)).tolist()
+    >>> surface_variation(covariance_entries(c), np.array([[0.0, 0.0, 1.0]] * 3)).tolist()
     [0.09090909090909091, nan, nan]
     """
     import numpy as np
-    c = covariances.reshape(len(covariances), 9)
+    c00, c11, c22, c01, c02, c12 = entries
     x, y, z = normals[:, 0], normals[:, 1], normals[:, 2]
-    quadratic = c[:, 0] * x * x + c[:, 4] * y * y + c[:, 8] * z * z
-    quadratic += 2 * (c[:, 1] * x * y + c[:, 2] * x * z + c[:, 5] * y * z)
-    trace = c[:, 0] + c[:, 4] + c[:, 8]
-    undefined = ~(trace > 0) | ((c == np.eye(3).reshape(9)).all(axis=1))
+    quadratic = c01 * x * y
+    quadratic += c02 * x * z
+    quadratic += c12 * y * z
+    quadratic *= 2
+    quadratic += c00 * x * x
+    quadratic += c11 * y * y
+    quadratic += c22 * z * z
+    trace = c00 + c11
+    trace += c22
+    undefined = ~(trace > 0)
+    undefined |= (c00 == 1) & (c11 == 1) & (c22 == 1) & (c01 == 0) & (c02 == 0) & (c12 == 0)
+    np.maximum(quadratic, 0.0, out=quadratic)
     with np.errstate(invalid="ignore", divide="ignore"):
-        variation = np.maximum(quadratic, 0.0) / trace
-    variation[undefined] = np.nan
-    return variation
+        quadratic /= trace
+    quadratic[undefined] = np.nan
+    return quadratic
 
 
 class NormalsTransform(Transform):
@@ -151,7 +167,7 @@ class Estimate:
                   else o3d.geometry.KDTreeSearchParamRadius(self.radius))
         cloud.estimate_covariances(search)
         cloud.estimate_normals(search)  # from the covariances just estimated, as estimate_normals alone would
-        covariances = np.ascontiguousarray(np.asarray(cloud.covariances)[:count])
+        entries = covariance_entries(np.asarray(cloud.covariances)[:count])
         normals = np.ascontiguousarray(np.asarray(cloud.normals)[:count])
         del cloud
         if self.orient == "up":
@@ -159,20 +175,25 @@ class Estimate:
         elif self.orient == "viewpoint":
             towards = np.asarray(self.viewpoint) - local[:count]
             normals[np.einsum("ij,ij->i", normals, towards) < 0] *= -1
-        curvature = surface_variation(covariances, normals)
+        curvature = surface_variation(entries, normals)
         if self.radius is not None:
             return (normals, curvature), None
-        return (normals, curvature), self.reach(covariances, local)
+        return (normals, curvature), self.reach(entries, local)
 
-    def reach(self, covariances, local):
+    def reach(self, entries, local):
         """An upper bound of each point's distance to its k-th neighbour in the cloud: with c the mean of the k
         neighbours q (the point among them, or all at distance 0), |q - c|² <= (k - 1)/k · Σ|q - c|² = (k - 1)
         · trace(C), so each q lies within 2·sqrt((k - 1)·trace(C)) of the point. The trace is given a margin for
         the rounding of open3d's raw moments. Infinite where the cloud holds fewer than k points."""
         import numpy as np
         if len(local) < self.knn:
-            return np.full(len(covariances), np.inf)
-        trace = covariances[:, 0, 0] + covariances[:, 1, 1] + covariances[:, 2, 2]
-        largest = float(np.abs(local).max()) if len(local) else 0.0
-        margin = 64 * np.finfo(np.float64).eps * largest * largest
-        return 2.0 * np.sqrt((self.knn - 1) * (np.maximum(trace, 0.0) + margin)) * (1 + 1e-9)
+            return np.full(len(entries[0]), np.inf)
+        trace = entries[0] + entries[1]
+        trace += entries[2]
+        np.maximum(trace, 0.0, out=trace)
+        largest = max(-float(local.min()), float(local.max())) if len(local) else 0.0
+        trace += 64 * np.finfo(np.float64).eps * largest * largest
+        trace *= self.knn - 1
+        np.sqrt(trace, out=trace)
+        trace *= 2.0 * (1 + 1e-9)
+        return trace
