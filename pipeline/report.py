@@ -30,9 +30,19 @@ def item_entry(result):
         "bounds_in": result.bounds_in.as_dict() if result.bounds_in else None,
         "bounds_out": result.bounds_out.as_dict() if result.bounds_out else None,
         "applied": list(result.applied),
+        "stages": stage_counts(result),
         "outputs": result.outputs,
         "seconds": round(result.seconds, 3),
     }
+
+
+def stage_counts(result):
+    """Points into and out of each transform of an item, in order."""
+    counts, points = [], result.points_in
+    for label, out in result.stage_points.items():
+        counts.append({"stage": label, "points_in": points, "points_out": out})
+        points = out
+    return counts
 
 
 def build(config, results, started_at, wall_seconds, jobs):

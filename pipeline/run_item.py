@@ -37,6 +37,7 @@ class ItemResult:
     outputs: list = field(default_factory=list)  # {"sink", "path", "size", "sha256"}
     checksums: dict = field(default_factory=dict)  # staged path -> (size, sha256), from writers that hashed
     described: dict = field(default_factory=dict)  # staged path -> what the report adds (Writer.described)
+    stage_points: dict = field(default_factory=dict)  # transform label -> points it yielded
     seconds: float = 0.0
 
 
@@ -46,11 +47,12 @@ class TaskResult:
     merged: list = field(default_factory=list)  # what the report says of the files of merging sinks
 
 
-def transformed(plan: Plan, item: Item, info, chunks, opened=None):
+def transformed(plan: Plan, item: Item, info, chunks, opened=None, counts=None):
     """The stream info after every transform, and the chunks passed through them (lazily), planned from
     what each transform declares: a whole-cloud stage gets one chunk of every point and what it yields is
     cut back to the chunk size; every chunk a stage yields must have the attributes it declared. Each
-    transform's stream goes into `opened`, so that the caller can close them (see close_streams)."""
+    transform's stream goes into `opened`, so that the caller can close them (see close_streams), and the
+    points each yields are counted in `counts` (transform label -> points)."""
     chunk_size = plan.stages.source.options["chunk_size"]
     opened = [] if opened is None else opened
     for transform, decision in zip(plan.stages.transforms, plan.transform_decisions(item)):
@@ -63,7 +65,9 @@ def transformed(plan: Plan, item: Item, info, chunks, opened=None):
         else:
             chunks = function(chunks)
         opened.append(chunks)
-        chunks = _declared(chunks, transform, info.dtype)
+        counts = {} if counts is None else counts
+        counts[transform.label] = 0  # in the transforms' order
+        chunks = _declared(chunks, transform, info.dtype, counts)
     return info, chunks
 
 
@@ -88,11 +92,12 @@ def _cut(chunks, size):
         yield from chunk.pieces(size)
 
 
-def _declared(chunks, transform, dtype):
+def _declared(chunks, transform, dtype, counts):
     for chunk in chunks:
         if chunk.dtype != dtype:
             raise StageError(f"{transform.label}: yielded a chunk with attributes {_listed(chunk.dtype)} but declared "
                              f"{_listed(dtype)}")
+        counts[transform.label] += len(chunk)
         yield chunk
 
 
@@ -171,7 +176,7 @@ def process_item(plan: Plan, item: Item, staging, on_points=lambda n: None, shar
             streams.callback(close_streams, opened)  # after the compute thread stopped, before the source closes
             log.debug("item %d: reading %s", item.index, item.name)
             info, chunks = transformed(plan, item, stream.info, _counted_in(stream.chunks, result, on_points),
-                                       opened)
+                                       opened, result.stage_points)
             for sink in plan.stages.sinks:
                 if not is_merging(sink):
                     writers.append(open_writer(sink, item, info, staging))

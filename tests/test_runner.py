@@ -160,3 +160,27 @@ def test_a_stage_stream_is_closed_when_the_run_stops_early(tmp_path, registry, c
         assert "tidied item0" in caplog.messages
     finally:
         gc.enable()
+
+
+def test_the_report_gives_the_points_into_and_out_of_each_transform(tmp_path):
+    import json
+    from tests.conftest import cli, make_las, write_config
+    make_las(tmp_path / "in.las", np.column_stack([np.arange(100.0), np.zeros(100), np.zeros(100)]))
+    path = write_config(tmp_path, """
+        version: 1
+        stages:
+          - type: source.files
+            paths: [in.las]
+          - type: transform.decimate
+            step: 2
+          - type: transform.crop
+            bounds: [[0, -1], [49, 1]]
+          - type: sink.las
+            path: out/{name}.las
+    """)
+    done = cli("run", "-q", path, "--report", tmp_path / "run.json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    [item] = json.loads((tmp_path / "run.json").read_text())["items"]
+    assert item["stages"] == [{"stage": "stages[1] (transform.decimate)", "points_in": 100, "points_out": 50},
+                              {"stage": "stages[2] (transform.crop)", "points_in": 50, "points_out": 25}]
+    assert (item["points_in"], item["points_out"]) == (100, 25)
