@@ -2,7 +2,7 @@
 
 Streaming allocates and frees numpy temporaries of a few hundred KiB per block. glibc serves such sizes
 with mmap, or trims them off its heap when freed, so every block pays for fresh pages again (page
-faults and zeroing): the fast path then runs two to three times slower. Raising both thresholds keeps
+faults and zeroing): the compute then runs two to three times slower. Raising both thresholds keeps
 that memory for reuse; at most TRIM_THRESHOLD of free memory is held. Other C libraries are left as
 they are.
 """

@@ -299,7 +299,7 @@ class LasWriter(Writer):
 
     def store(self, records):
         """Hands records to laspy; for LAZ, in batches of LAZ_BATCH points, so that lazrs compresses many
-        chunks in parallel per call (the fast path's blocks are small)."""
+        chunks in parallel per call (a chunk holds 65,536 points by default)."""
         import numpy as np
         if not self.compress:
             self.writer.point_writer.write_points(self.laspy.PackedPointRecord(records, self.header.point_format))

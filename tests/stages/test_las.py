@@ -425,7 +425,7 @@ def test_extra_bytes_descriptions_laspy_cannot_lay_out_are_named(tmp_path, chang
     assert str(error.value) == f"{path}: corrupt LAS header: {message}"
 
 
-def test_a_sink_error_on_the_fast_path_leaves_no_reading_thread_behind(tmp_path, registry):
+def test_a_sink_error_leaves_no_reading_thread_behind(tmp_path, registry):
     # found by tests/test_fuzz.py: the read-ahead thread and its open file lived on until garbage collection
     import gc
     import threading
