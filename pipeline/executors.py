@@ -110,12 +110,12 @@ class DaskExecutor(Executor):
             self.address = client.scheduler.address
             stop = distributed.Event(f"pipeline-stop-{staging.token}", client=client)
             points = distributed.Queue(f"pipeline-points-{staging.token}", client=client)
-            [shared] = client.scatter([plan], broadcast=True, hash=False)
+            shared = client.scatter([plan], broadcast=True, hash=False)
             futures, results, lost = {}, {}, {}
 
             def submit(number):
                 key = f"pipeline-{staging.token}-{number}-{lost.get(number, 0)}"
-                future = client.submit(_dask_task, shared, plan.tasks[number], staging, stop.name, points.name,
+                future = client.submit(_dask_task, shared[0], plan.tasks[number], staging, stop.name, points.name,
                                        key=key, pure=False)
                 futures[future] = number
 
@@ -128,7 +128,9 @@ class DaskExecutor(Executor):
                         time.sleep(0.05)
                     for future in done:
                         number = futures.pop(future)
-                        if future.status == "error" and isinstance(future.exception(), distributed.KilledWorker):
+                        # a task lost with its worker: an error, or cancelled when the scheduler forgot it
+                        if future.status == "cancelled" or (future.status == "error" and isinstance(
+                                future.exception(), distributed.KilledWorker)):
                             names = ", ".join(i.name for i in plan.task_items(plan.tasks[number]))
                             lost[number] = lost.get(number, 0) + 1
                             if lost[number] > self.retries:
@@ -136,6 +138,7 @@ class DaskExecutor(Executor):
                                                     f"(--retries {self.retries})")
                             log.warning("a Dask worker was lost running %s; running it again (%d of %d)", names,
                                         lost[number], self.retries)
+                            shared = client.scatter([plan], broadcast=True, hash=False)  # its copy may be gone too
                             submit(number)
                             continue
                         result, error = future.result()
