@@ -279,14 +279,17 @@ class Grid:
         return (((self.i0 + i0) * size, (self.j0 + j0) * size), ((self.i0 + i1) * size, (self.j0 + j1) * size))
 
 
-def best_cut(sums):
-    """Where to cut a row of counts in two (the index of the first count of the second part): where the counts
-    on either side of the cut are fewest (a buffer across it then holds few points: a wall is best not cut
-    along), among the cuts that leave 35 to 65 % of the total on each side; the cut nearest the middle among
-    equal ones.
+CUT_CELLS = 2  # rows of cells on either side of a cut whose points count against it
 
-    >>> best_cut([4, 4, 4, 0, 4, 4, 4, 4]), best_cut([4, 4, 4, 4, 4, 4, 4, 4]), best_cut([1, 1])
-    (3, 4, 1)
+
+def best_cut(sums):
+    """Where to cut a row of counts in two (the index of the first count of the second part): where the
+    CUT_CELLS counts on either side of the cut are fewest (a buffer across it then holds few points: a wall is
+    best not cut along), among the cuts that leave 35 to 65 % of the total on each side; the cut nearest the
+    middle among equal ones.
+
+    >>> best_cut([3, 3, 3, 3, 0, 0, 0, 9, 3, 3, 3, 3]), best_cut([4] * 8), best_cut([1, 1])
+    (5, 4, 1)
     """
     import numpy as np
     sums = np.asarray(sums, dtype=np.float64)
@@ -296,7 +299,8 @@ def best_cut(sums):
     fair = (before >= 0.35 * total) & (before <= 0.65 * total)
     if not fair.any():
         fair = np.abs(before - total / 2) == np.abs(before - total / 2).min()
-    across = sums[:-1] + sums[1:]
+    padded = np.concatenate([[0.0], np.cumsum(np.concatenate([[0.0] * CUT_CELLS, sums, [0.0] * CUT_CELLS]))])
+    across = padded[cuts + 2 * CUT_CELLS] - padded[cuts]  # the CUT_CELLS rows of cells on either side
     score = np.where(fair, across, np.inf)
     best = np.flatnonzero(score == score.min())
     return int(cuts[best[np.argmin(np.abs(before[best] - total / 2))]])
@@ -601,12 +605,13 @@ def knn_tiles(tiles, centre, compute, knn=None, radius=None):
     neighbours, `reach` is an upper bound of each point's distance to its k-th neighbour in that cloud (infinite
     when the cloud holds fewer than k points); a core point whose reach passes its distance to the edge of the
     buffered rectangle may miss a neighbour. When more than 1 in REPAIR_SHARE do, the tile is computed again
-    with a buffer twice as wide; the few left are computed again each with its own k nearest points (`repair`).
-    The first buffer is a multiple of the typical k-th distance, the multiple learnt from the tiles before, and
-    no buffer reads more than BUFFER_POINTS points (or the tile's own number).
+    with a buffer twice as wide; the few left are computed again (`repair`). The first buffer is a multiple of
+    the typical k-th distance, the multiple learnt from the tiles before (the reach of all but 1 in 2000 of
+    their points); it is narrowed while it would read more than BUFFER_POINTS points (or the tile's own number),
+    but not below that reach.
     """
     import numpy as np
-    factor = 8.0
+    factor, needed = 8.0, 0.0  # needed: the reach of all but 1 in 2000 points of the tiles before, in metres
     for t in range(len(tiles.tiles)):
         core = tiles.core(t)
         low, high = tiles.rectangle(t)
@@ -622,7 +627,7 @@ def knn_tiles(tiles, centre, compute, knn=None, radius=None):
         else:
             typical = typical_distance(len(core), low, high, tiles.lows, tiles.highs, knn)
             width = factor * typical
-            while width > typical / 64 and not affordable(width):
+            while width / 2 > max(needed, typical / 64) and not affordable(width):
                 width /= 2
         while True:
             ring = tiles.points_in(*outer(width), without_tile=t)
@@ -635,15 +640,16 @@ def knn_tiles(tiles, centre, compute, knn=None, radius=None):
             failing = np.flatnonzero(~(reach <= edge_distances(core, *outer(width), tiles.lows, tiles.highs)))
             finite = reach[np.isfinite(reach)]
             if len(finite):
-                factor = max(float(np.quantile(finite, 0.99)) / typical, 0.5)
+                needed = float(np.quantile(finite, 0.9995))
+                factor = max(needed / typical, 0.5)
             if len(failing) <= max(len(core) // REPAIR_SHARE, MIN_REPAIR) or not affordable(2 * width):
                 break
             width *= 2
         del cloud, ring
         if len(failing):
-            log.debug("tile %d: %d of %d points computed again with their own neighbours", t, len(failing),
-                      len(core))
-            results = _replaced(results, failing, repair(tiles, centre, compute, core[failing], knn))
+            log.debug("tile %d: %d of %d points computed again", t, len(failing), len(core))
+            results = _replaced(results, failing, repair(tiles, centre, compute, core[failing], reach[failing],
+                                                         knn, 4 * width))
         yield core["index"], results
 
 
@@ -658,22 +664,61 @@ def _replaced(results, where, values):
     return results
 
 
-def repair(tiles, centre, compute, points, knn):
-    """Results for `points` (records), each computed in a cloud of its own k nearest points of the item
-    (`Tiles.nearest`, the point first): the cloud's k nearest neighbours of the point are then all of it."""
+def repair(tiles, centre, compute, points, bounds, knn, near):
+    """Results for `points` (records) whose k-th neighbour in the cloud they were computed in may have been
+    wrong, given `bounds`: their reach in that cloud, an upper bound of their true k-th distance when finite.
+    Those whose bound is at most `near` are computed together, in one cloud holding every point within its bound
+    of each; the others (far from the rest, or from a cloud too small) each with its own k nearest points of the
+    item (`Tiles.nearest`), so that memory holds no more than the points near them."""
     import numpy as np
-    results = []
-    for point in points:
+    together = np.flatnonzero(np.isfinite(bounds) & (bounds <= near))
+    alone = np.setdiff1d(np.arange(len(points)), together)
+    results = None
+    if len(together):
+        chosen, reach = points[together], bounds[together]
+        cells = tiles.grid.cells(chosen["x"], chosen["y"])
+        order = np.argsort(cells, kind="stable")
+        parts = []
+        for group in np.split(order, np.flatnonzero(np.diff(cells[order])) + 1):  # a rectangle for each cell
+            x, y, r = chosen["x"][group], chosen["y"][group], float(reach[group].max())
+            parts.append(tiles.points_in((float(x.min()) - r, float(y.min()) - r),
+                                         (float(x.max()) + r, float(y.max()) + r)))
+        around = np.concatenate(parts)
+        _, first = np.unique(around["index"], return_index=True)
+        around = taken(around, first)
+        around = taken(around, ~np.isin(around["index"], chosen["index"]))
+        got, _ = compute(local_xyz(np.concatenate([chosen, around]), centre), len(chosen))
+        results = _empty_like(got, len(points))
+        _assign(results, together, got)
+        log.debug("%d points computed again in a cloud of %d", len(chosen), len(chosen) + len(around))
+    for index in alone:
+        point = points[index]
         cloud = tiles.nearest(point, knn)
         mine = np.flatnonzero(cloud["index"] == point["index"])
         if len(mine):  # the point first
             cloud = np.concatenate([cloud[mine[0]:mine[0] + 1], np.delete(cloud, mine[0])])
         else:  # more than k points at the very place of the point: any of them will do, and it comes first
             cloud = np.concatenate([point.reshape(1), cloud[:-1]])
-        results.append(compute(local_xyz(cloud, centre), 1)[0])
-    if isinstance(results[0], tuple):
-        return tuple(np.concatenate(parts) for parts in zip(*results))
-    return np.concatenate(results)
+        got, _ = compute(local_xyz(cloud, centre), 1)
+        if results is None:
+            results = _empty_like(got, len(points))
+        _assign(results, np.array([index]), got)
+    return results
+
+
+def _empty_like(got, count):
+    import numpy as np
+    if isinstance(got, tuple):
+        return tuple(_empty_like(g, count) for g in got)
+    return np.empty((count,) + got.shape[1:], got.dtype)
+
+
+def _assign(results, where, got):
+    if isinstance(results, tuple):
+        for r, g in zip(results, got):
+            _assign(r, where, g)
+        return
+    results[where] = got
 
 
 def finished(step, label, item, points_in, points_out):

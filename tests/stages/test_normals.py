@@ -337,15 +337,19 @@ def test_knn_tiles_give_every_point_the_neighbours_of_the_whole_cloud(monkeypatc
     assert np.allclose(got_kth, expected_kth, rtol=1e-12) and np.allclose(got_sum, expected_sum, rtol=1e-12)
 
 
-def test_repair_computes_points_with_their_own_nearest_points(monkeypatch, clusters):
-    """Points are computed again each with its k nearest points of the item, found ring of cells after ring of
-    cells around it: the whole cloud's results, for points in dense places and points alone far away."""
+@pytest.mark.parametrize("bounds", ["none", "loose", "some"])
+def test_repair_gives_the_whole_cloud_s_results(monkeypatch, clusters, bounds):
+    """Points with a bound on their k-th distance are computed together, in a cloud of every point within their
+    bounds; those without one (or a bound too far) each with its own k nearest points of the item, found ring of
+    cells after ring of cells: the whole cloud's results either way, in dense places and alone far away."""
     from stages.neighbourhoods import repair
     monkeypatch.setattr(neighbourhoods, "TILE_POINTS", 40)
     xyz, expected_sum, expected_kth = clusters
     chosen = np.array([0, 5, 950, 1300, 1305, 1311])
+    given = {"none": np.full(6, np.inf), "loose": expected_kth[chosen] * 1.5,
+             "some": np.where(np.arange(6) % 2 == 0, expected_kth[chosen] * 3, np.inf)}[bounds]
     with tiled(xyz) as (tiles, centre):
         records = np.concatenate([tiles.core(t) for t in range(len(tiles.tiles))])
         records = records[np.argsort(records["index"])][chosen]
-        sums, kth = repair(tiles, centre, brute_force(7), records, 7)
+        sums, kth = repair(tiles, centre, brute_force(7), records, given, 7, 1000.0)
     assert np.allclose(kth, expected_kth[chosen], rtol=1e-12) and np.allclose(sums, expected_sum[chosen], rtol=1e-12)
