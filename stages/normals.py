@@ -77,8 +77,10 @@ def surface_variation(entries, normals):
 
 
 class NormalsTransform(Transform):
-    """Adds each point's normal (normal_x, normal_y, normal_z) and curvature, from its k nearest neighbours or
-    those within a radius, as open3d computes them on the whole cloud; oriented up, towards a viewpoint, or not."""
+    """Adds each point's normal (normal_x, normal_y, normal_z) and curvature, as open3d estimates them.
+
+    From its k nearest neighbours or those within a radius, as open3d computes them on the whole cloud; oriented
+    up, towards a viewpoint, or as open3d gives them."""
 
     options = (
         Option("knn", integer(minimum=3), f"neighbours of each point, itself included (default {DEFAULT_KNN} when "

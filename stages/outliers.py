@@ -49,8 +49,9 @@ def largest_class(info):
 
 
 class OutliersTransform(Transform):
-    """Finds the points open3d's remove_statistical_outlier or remove_radius_outlier would remove from the
-    whole cloud; drops them, or sets their classification."""
+    """Drops or classifies the points that open3d's statistical or radius outlier removal would remove.
+
+    The same points as open3d's remove_statistical_outlier or remove_radius_outlier on the whole cloud."""
 
     drops_points = True  # with `action: drop`
     options = (

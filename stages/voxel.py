@@ -418,8 +418,10 @@ def chosen_in_cells(records, cell, mode):
 
 
 class VoxelTransform(Transform):
-    """Thins the points to one per cell of a grid anchored at whole multiples of `cell`; kept points keep every
-    attribute exactly (the first of a cell, the one nearest its mean, or one at its centre)."""
+    """Thins the points to one per cell of a grid anchored at whole multiples of `cell`; attributes exact.
+
+    The first point of a cell, the one nearest its mean, or one at its centre with the attributes of the point
+    nearest it."""
 
     drops_points = True
     options = (
