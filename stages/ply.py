@@ -588,6 +588,9 @@ class PlyWriter(Writer):
     def prepare(self, chunk):
         """The file records; the LAS fields are copied here when the writing thread also hashes the file, else
         there, so that both threads have work."""
+        import numpy as np
+        if not len(chunk):  # a stage may yield an empty chunk (all its points dropped)
+            return np.empty(0, self.file_dtype), None
         records, copies = self.records(chunk)
         if copies is not None and self.hashing:
             self.copy_las_fields(*copies, records)

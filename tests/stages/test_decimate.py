@@ -83,3 +83,14 @@ def test_ply_output_of_a_decimated_las_keeps_every_attribute(survey, registry):
     assert np.array_equal(vertices["classification"], np.asarray(original.classification)[::2])
     assert np.array_equal(vertices["return_number"], np.asarray(original.return_number)[::2])
     assert np.array_equal(vertices["x"], np.asarray(original.x)[::2])
+
+
+@pytest.mark.parametrize("sink", ["las", "ply"])
+def test_empty_chunks_from_a_stage_are_written_as_nothing(survey, registry, sink):
+    results, path = decimated(survey, registry, {"limit": 1}, chunk_size=64, sink=sink)  # then empty chunks
+    assert results[0].points_out == 1
+    if sink == "las":
+        assert laspy.read(path).header.point_count == 1
+    else:
+        from tests.plyfile_plain import read_plain_ply
+        assert len(read_plain_ply(path)["x"]) == 1
