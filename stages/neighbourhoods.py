@@ -145,6 +145,15 @@ class Spill:
         self.count = 0
         self.lows, self.highs = [math.inf] * 3, [-math.inf] * 3
 
+    @classmethod
+    def of(cls, space, chunks):
+        """Every chunk of a stream spilled into `space`, written out."""
+        spill = cls(space)
+        for chunk in chunks:
+            spill.add(chunk)
+        spill.finish()
+        return spill
+
     def add(self, chunk):
         import numpy as np
         count = len(chunk)

@@ -124,10 +124,7 @@ class NormalsTransform(Transform):
         from .neighbourhoods import (Grid, PointValues, Spill, Tiles, finished, in_order, knn_tiles, origin,
                                      workspace)
         with workspace(self.label) as space:
-            spill = Spill(space)
-            for chunk in chunks:
-                spill.add(chunk)
-            spill.finish()
+            spill = Spill.of(space, chunks)
             if not spill.count:
                 finished(step, self.label, item, 0, 0)
                 return

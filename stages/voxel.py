@@ -463,10 +463,7 @@ def chosen_points(chunks, cell, mode, label, item, step):
     import numpy as np
     from .neighbourhoods import Grid, Spill, Tiles, finished, workspace
     with workspace(label) as space:
-        spill = Spill(space)
-        for chunk in chunks:
-            spill.add(chunk)
-        spill.finish()
+        spill = Spill.of(space, chunks)
         if not spill.count:
             finished(step, label, item, 0, 0)
             return
