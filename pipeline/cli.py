@@ -255,6 +255,8 @@ def print_plan(plan):
             print(f"    -> {path}  ({sink_label})")
     for sink_label, path in plan.merged:
         print(f"all items -> {path}  ({sink_label}, merged)")
+    for sink_label, path in plan.gathered:
+        print(f"all items -> {path}  ({sink_label}, at the end)")
     if plan.report is not None:
         print(f"run report -> {plan.report}")
 

@@ -26,7 +26,8 @@ class Plan:
     """`targets` maps an item's index to [(sink label, final path), ...]; `merged` lists the files of
     `merge: true` sinks, which receive every item. `decisions` holds what each stage decided for the run in
     `prepare` ({item index: decision}): the source's first, then each transform's. `tasks` are tuples of item
-    indexes, each run as a whole by one worker: one item each, or every item when a sink merges them."""
+    indexes, each run as a whole by one worker: one item each, or every item when a sink merges them.
+    `gathered` lists the files of gathering sinks (Sink.gathers), written once at the end of the run."""
 
     stages: Stages
     items: list
@@ -35,9 +36,10 @@ class Plan:
     report: Optional[Path] = None  # the run report's file (--report), committed with the outputs
     decisions: tuple = ()
     tasks: tuple = ()
+    gathered: list = field(default_factory=list)
 
     def all_targets(self):
-        outputs = [Path(path) for pairs in [*self.targets.values(), self.merged] for _, path in pairs]
+        outputs = [Path(path) for pairs in [*self.targets.values(), self.merged, self.gathered] for _, path in pairs]
         return outputs + ([self.report] if self.report else [])
 
     def source_decision(self, item):
@@ -58,6 +60,11 @@ class Plan:
 
 def is_merging(sink):
     return bool(sink.options.get("merge"))
+
+
+def writes_per_item(sink):
+    """Whether a sink writes files of its own for each item (not one file of every item, nor files at the end)."""
+    return not is_merging(sink) and not sink.gathers
 
 
 def file_identity(path):
@@ -89,9 +96,11 @@ def make_plan(stages: Stages, inputs=(), report=None) -> Plan:
             raise PipelineError(f"{sink_label}: output {path} is an input file of this run; choose another path")
         if resolved in owners:
             other_sink, other_item = owners[resolved]
-            if item is None:  # the report
+            if sink_label.startswith("--report"):
                 raise PipelineError(f"--report {report}: {other_sink} writes that file; choose another path for "
                                     "the report")
+            if item is None or other_item is None:  # a file written once at the end
+                raise PipelineError(f"{sink_label}: {other_sink} writes {path} too; choose another path")
             also = f" (also written by {other_sink})" if other_sink != sink_label else ""
             raise PipelineError(f"{sink_label}: items {other_item.name!r} and {item.name!r} would both write "
                                 f"{path}{also}; add a field that differs between them, such as {{index}}, "
@@ -107,12 +116,14 @@ def make_plan(stages: Stages, inputs=(), report=None) -> Plan:
                                 f"{len(paths)} ({', '.join(sorted(paths)[:3])}, ...); use fields every item shares")
         if items:
             merged.append(claim(sink.label, paths.pop(), items[0]))
+    gathered = [claim(sink.label, path, None) for sink in stages.sinks if sink.gathers for path in sink.outputs()]
     for item in items:
-        targets[item.index] = [claim(sink.label, path, item) for sink in stages.sinks if not is_merging(sink)
+        targets[item.index] = [claim(sink.label, path, item) for sink in stages.sinks if writes_per_item(sink)
                                for path in sink.targets(item)]
     if report is not None:
         claim(f"--report {report}", report, None)
     decisions = tuple(dict(stage.prepare(items) or {}) for stage in [stages.source, *stages.transforms])
     indexes = [item.index for item in items]
     tasks = (tuple(indexes),) if merged else tuple((index,) for index in indexes)
-    return Plan(stages, items, targets, merged, Path(report) if report is not None else None, decisions, tasks)
+    return Plan(stages, items, targets, merged, Path(report) if report is not None else None, decisions, tasks,
+                gathered)

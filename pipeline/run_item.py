@@ -38,6 +38,7 @@ class ItemResult:
     checksums: dict = field(default_factory=dict)  # staged path -> (size, sha256), from writers that hashed
     described: dict = field(default_factory=dict)  # staged path -> what the report adds (Writer.described)
     stage_points: dict = field(default_factory=dict)  # transform label -> points it yielded
+    gathered: dict = field(default_factory=dict)  # gathering sink label -> what its writer kept (Writer.gathered)
     seconds: float = 0.0
 
 
@@ -156,6 +157,9 @@ class GuardedWriter(Writer):
     def described(self):
         return self.writer.described()
 
+    def gathered(self):
+        return self.writer.gathered()
+
 
 def open_writer(sink, item, info, staging, merged=False):
     with sink_errors(sink, item):
@@ -165,7 +169,8 @@ def open_writer(sink, item, info, staging, merged=False):
 
 def process_item(plan: Plan, item: Item, staging, on_points=lambda n: None, shared=()) -> ItemResult:
     """Streams one item through every transform into every sink: the one loop. `shared` holds the writers
-    of merging sinks: they receive the chunks too but stay open for other items."""
+    of merging sinks: they receive the chunks too but stay open for other items. A gathering sink's writer
+    is opened for the item like any other, and what it kept goes back in the result."""
     keep_freed_memory()
     started = time.perf_counter()
     result = ItemResult(item)
@@ -195,6 +200,7 @@ def process_item(plan: Plan, item: Item, staging, on_points=lambda n: None, shar
                     for writer, one in zip(every, done):
                         writer.write(one)
             _close(writers, result.checksums, result.described)
+            result.gathered = {writer.sink.label: writer.gathered() for writer in writers if writer.sink.gathers}
             writers = []
             result.applied = info.applied
     finally:

@@ -15,6 +15,7 @@ from .executors import InProcess, LocalProcesses
 from .memory import keep_freed_memory
 from .plan import Plan, Stages, make_plan
 from .progress import Progress
+from .run_item import output_record
 from .staging import Staging, sweep
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,9 @@ class Runner:
         try:
             executor = self.executor(plan)
             done = executor.run(plan, staging, self.progress)
-            results = Results(sorted((r for task in done for r in task.items), key=lambda r: r.item.index),
-                              [record for task in done for record in task.merged], executor.describe())
+            items = sorted((r for task in done for r in task.items), key=lambda r: r.item.index)
+            merged = [record for task in done for record in task.merged] + finish_gathering(plan, items, staging)
+            results = Results(items, merged, executor.describe())
             if plan.report is not None:
                 write_report(plan.report, report(results), staging)
             on_commit()
@@ -91,6 +93,19 @@ class Runner:
             self.stages.source.close()
             self.progress.finish()
         return results
+
+
+def finish_gathering(plan, items, staging):
+    """Has every gathering sink make its files from what its writers kept of each item; what the report says of
+    them."""
+    records = []
+    for sink in plan.stages.sinks:
+        if sink.gathers:
+            described = sink.finish([(result.item, result.gathered.get(sink.label)) for result in items], staging)
+            records += [output_record(staging, label, path, {}, {str(staging.temporary(p)): facts
+                                                                  for p, facts in described.items()})
+                        for label, path in plan.gathered if label == sink.label]
+    return records
 
 
 def write_report(path, text, staging):

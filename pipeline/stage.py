@@ -152,9 +152,17 @@ class Writer:
         while writing them, so that the runner need not read them again for the report."""
         return {}
 
+    def gathered(self):
+        """After `close`, for a gathering sink (Sink.gathers): what it kept of the item, plain data that pickles
+        (it comes back from a worker process or a Dask worker to the process that ends the run)."""
+        return None
+
 
 class Sink(Stage):
     kind = "sink"
+    # A gathering sink writes no file per item: its writer keeps something small of each item (Writer.gathered),
+    # wherever the item runs, and `finish` makes its files from all of them once, in the process that ends the run.
+    gathers: ClassVar[bool] = False
 
     def targets(self, item: Item) -> list:
         """The final paths this sink would write for an item (by default, its `path` template filled in)."""
@@ -169,3 +177,14 @@ class Sink(Stage):
         from each item's (raise a PipelineError naming the items when they cannot share a file). By default, every attribute of any of them and the union of their bounds; a sink
         adds what its format keeps (see model.merge_infos)."""
         return merge_infos(infos)
+
+    def outputs(self) -> list:
+        """A gathering sink: the final paths of the files `finish` writes, claimed when the run is planned."""
+        return []
+
+    def finish(self, gathered: list, staging) -> dict:
+        """A gathering sink, once every item has succeeded: `gathered` is [(item, what its writer gathered)] in item
+        order. Writes its files through `staging.create(final path)` (they are renamed into place with every other
+        output) and returns {final path: what the run report says of that file}. A PipelineError here fails the
+        run before any output is in place."""
+        raise NotImplementedError

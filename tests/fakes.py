@@ -7,7 +7,7 @@ import numpy as np
 from pipeline.chunk import Chunk
 from pipeline.errors import StageError
 from pipeline.model import Item, PointStream, StreamInfo
-from pipeline.options import Option, integer, text
+from pipeline.options import Option, integer, path, text
 from pipeline.stage import Sink, Source, Transform, Writer, each
 
 DTYPE = np.dtype([("x", "f8"), ("y", "f8"), ("z", "f8"), ("intensity", "u2")])
@@ -135,6 +135,42 @@ class ChunkLengthsSink(Sink):
         return Lengths()
 
 
+class TotalsSink(Sink):
+    """A gathering sink: each item's writer keeps its point count and process id; `finish` writes them as one
+    line per item to `path`, or fails with `fail: true`."""
+
+    options = (Option("path", path(), "the totals file"), Option("fail", text(), "yes to fail at the end", default="no"))
+    gathers = True
+
+    def outputs(self):
+        from pathlib import Path
+        return [Path(self.options["path"])]
+
+    def open(self, item, info, staging):
+        import os
+
+        class Counting(Writer):
+            count = 0
+
+            def write(self, chunk):
+                self.count += len(chunk)
+
+            def close(self):
+                pass
+
+            def gathered(self):
+                return {"points": self.count, "pid": os.getpid()}
+        return Counting()
+
+    def finish(self, gathered, staging):
+        if self.options["fail"] == "yes":
+            raise StageError(f"{self.label}: failed at the end")
+        final = self.outputs()[0]
+        staging.create(final).write_text("".join(f"{item.name} {kept['points']} {kept['pid']}\n"
+                                                 for item, kept in gathered))
+        return {str(final): {"items": len(gathered)}}
+
+
 ENTRIES = {
     "source.counting": CountingSource,
     "transform.failing": FailingTransform,
@@ -143,6 +179,7 @@ ENTRIES = {
     "transform.slow": SlowTransform,
     "transform.tidy": TidyTransform,
     "sink.lengths": ChunkLengthsSink,
+    "sink.totals": TotalsSink,
     "sink.las": "stages.las:LasSink",
     "sink.ply": "stages.ply:PlySink",
 }

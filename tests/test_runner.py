@@ -7,7 +7,9 @@ import pytest
 
 from pipeline.errors import PipelineError, StageError
 from pipeline.registry import Registry
-from tests.conftest import run
+from pipeline import config
+from pipeline.runner import Runner
+from tests.conftest import run, write_config
 from tests.fakes import ENTRIES, points
 
 
@@ -184,3 +186,50 @@ def test_the_report_gives_the_points_into_and_out_of_each_transform(tmp_path):
     assert item["stages"] == [{"stage": "stages[1] (transform.decimate)", "points_in": 100, "points_out": 50},
                               {"stage": "stages[2] (transform.crop)", "points_in": 50, "points_out": 25}]
     assert (item["points_in"], item["points_out"]) == (100, 25)
+
+
+GATHERING = """
+    version: 1
+    stages:
+      - type: source.counting
+        items: 3
+        points: 25
+        chunk_size: 10
+      - type: sink.las
+        path: out/{name}.las
+      - type: sink.totals
+        path: out/totals.txt
+"""
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_gathering_sink_gets_what_each_item_kept_wherever_it_ran_and_writes_once_at_the_end(tmp_path, registry,
+                                                                                              jobs):
+    runner = Runner(config.load(write_config(tmp_path, GATHERING), registry), registry, jobs=jobs)
+    plan = runner.plan()
+    assert plan.gathered == [("stages[2] (sink.totals)", str(tmp_path / "out/totals.txt"))]
+    assert [path for _, path in plan.targets[0]] == [str(tmp_path / "out/item0.las")]  # no per-item file of its own
+    assert len(plan.tasks) == 3  # the items stay apart: they may run in parallel
+    results = runner.run(plan)
+    lines = [line.split() for line in (tmp_path / "out/totals.txt").read_text().splitlines()]
+    assert [(name, int(points)) for name, points, _ in lines] == [("item0", 25), ("item1", 25), ("item2", 25)]
+    pids = {int(pid) for _, _, pid in lines}
+    assert (pids == {os.getpid()}) if jobs == 1 else (os.getpid() not in pids)
+    assert results.merged == [{"sink": "stages[2] (sink.totals)", "path": str(tmp_path / "out/totals.txt"), "items": 3,
+                               "size": (tmp_path / "out/totals.txt").stat().st_size,
+                               "sha256": results.merged[0]["sha256"]}]
+
+
+def test_a_gathering_sink_that_fails_at_the_end_leaves_no_output(tmp_path, registry):
+    body = GATHERING + "        fail: 'yes'\n"
+    with pytest.raises(StageError, match=r"^stages\[2\] \(sink.totals\): failed at the end$"):
+        run(tmp_path, registry, body)
+    assert files_under(tmp_path) == ["config.yaml"]
+
+
+def test_a_gathering_sink_file_may_not_be_another_output(tmp_path, registry):
+    body = GATHERING.replace("out/totals.txt", "out/item1.las")
+    with pytest.raises(PipelineError) as raised:
+        run(tmp_path, registry, body)
+    assert str(raised.value) == (f"stages[1] (sink.las): stages[2] (sink.totals) writes {tmp_path}/out/item1.las too; "
+                                 "choose another path")
