@@ -13,11 +13,13 @@ from pipeline import __version__
 from pipeline.errors import OptionError, SinkError, SourceError
 from pipeline.chunk import Chunk
 from pipeline.model import XYZ, PointStream, StreamInfo
-from pipeline.options import Option, boolean, choice, template, xyz_numbers
+from pipeline.options import Option, boolean, choice, template, text, xyz_numbers
 from pipeline.stage import Sink, Writer
 
+from .crs import HELP as CRS_HELP, check_option as check_crs, declared_text, short
 from .files import check_finite, first_non_finite
 from .las import choose_offset
+from .las.crs import check_same_crs, crs_records, crs_text
 
 log = logging.getLogger(__name__)
 
@@ -431,7 +433,7 @@ class PlyWriter(Writer):
         self.where = f"{sink.label}: {item.name}"
         self.temp, self.ascii = temp, sink.options["ascii"]
         self.offset = self.choose_offset(sink.options["offset"], info)
-        self.crs = self.input_crs(info)
+        self.crs = self.declared_crs(sink.options["crs"], info)
         self.colours = ColourDepth(sink.options["colors"], self.where)
         self.dtype = dtype = info.dtype
         self.las_plans = {}  # how a chunk's LAS records fill our records (see copy_las_fields)
@@ -457,16 +459,17 @@ class PlyWriter(Writer):
         self.hash = hashlib.sha256(header) if self.hashing else None
         self.handle.write(header)
 
-    def input_crs(self, info):
-        """The coordinate system of a LAS input, declared in a `comment crs` line (see las.crs.crs_text)."""
+    def declared_crs(self, option, info):
+        """What the `comment crs` line declares (see stages/crs.py): with `keep`, a LAS input's coordinate system
+        (see las.crs.crs_text); else the option's EPSG code or WKT, or none."""
+        if option != "keep":
+            return None if option == "none" else declared_text(option)
         facts = info.format_facts.get("las")
-        if not facts:
-            return None
-        from .las.crs import crs_records, crs_text
-        text = crs_text(crs_records(facts))
-        if text and info.moved:
-            log.info("%s: the coordinates were moved; the input's coordinate system is declared as it was", self.where)
-        return text
+        kept = crs_text(crs_records(facts)) if facts else None
+        if kept and info.moved:
+            log.info("%s: the coordinates were moved; the input's coordinate system (%s) is declared as it was: set "
+                     "`crs` to the one they are in now", self.where, kept if len(kept) <= 60 else kept[:57] + "...")
+        return kept
 
     def described(self):
         return {str(self.temp): {"crs": self.crs}} if self.crs else {}
@@ -657,6 +660,7 @@ class PlySink(Sink):
                "units below the data), recorded in a `comment offset` header line", default=None),
         Option("colors", choice("auto", "8bit", "16bit", "keep"), "how 16-bit colours become uchar: 8bit copies, "
                "16bit divides by 257, auto picks from the first chunk, keep writes ushort", default="auto"),
+        Option("crs", text(), CRS_HELP + ", in a `comment crs` header line", default="keep"),
         Option("merge", boolean(), "write every item into one file", default=False),
     )
 
@@ -664,6 +668,18 @@ class PlySink(Sink):
     def check(cls, options):
         if not options["path"].lower().endswith(".ply"):
             raise OptionError("expected a path ending in .ply", "path")
+        check_crs(options["crs"])
+        declared = declared_text(options["crs"])
+        if not (declared.isascii() and declared.isprintable()):
+            raise OptionError(f"{short(declared)} holds characters that are not printable ASCII, which a PLY header "
+                              "cannot hold: give an EPSG code, or WKT1 (pyproj's CRS.to_wkt('WKT1_GDAL'))", "crs")
+
+    def merged_info(self, items, infos):
+        """Every attribute of any item; items whose coordinate systems differ are not merged while `crs` keeps
+        the input's (the file would declare the first one's for all)."""
+        if self.options["crs"] == "keep":
+            check_same_crs(self.label, items, infos)
+        return super().merged_info(items, infos)
 
     def open(self, item, info, staging):
         final = self.targets(item)[0]

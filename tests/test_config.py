@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 KNOWN = f"(known: {', '.join(Registry.from_entry_points().names())})"  # every installed stage
 
 LAS_DEFAULTS = {"version": None, "scale": None, "offset": "auto", "crs": "keep", "merge": False}
-PLY_DEFAULTS = {"ascii": False, "offset": None, "colors": "auto", "merge": False}
+PLY_DEFAULTS = {"ascii": False, "offset": None, "colors": "auto", "crs": "keep", "merge": False}
 
 
 @pytest.fixture(scope="module")
@@ -201,8 +201,8 @@ def test_unknown_option_suggests_the_closest(tmp_path, registry):
         """)
 
     assert problems(path, registry) == [
-        f"{path}:8: stages[1] (sink.ply, tag ply) > asci: unknown option; did you mean 'ascii'? (options: path, ascii, offset, colors, merge)",
-        f"{path}:9: stages[1] (sink.ply, tag ply) > colour: unknown option; did you mean 'colors'? (options: path, ascii, offset, colors, merge)",
+        f"{path}:8: stages[1] (sink.ply, tag ply) > asci: unknown option; did you mean 'ascii'? (options: path, ascii, offset, colors, crs, merge)",
+        f"{path}:9: stages[1] (sink.ply, tag ply) > colour: unknown option; did you mean 'colors'? (options: path, ascii, offset, colors, crs, merge)",
     ]
 
 
@@ -688,7 +688,7 @@ def test_validation_collects_every_problem(tmp_path, registry):
         f"did you mean 'transform.align'? {KNOWN}",
         f"{path}:11: stages[3] (sink.las) > path: expected a path ending in .las or .laz",
         f"{path}:15: stages[4] (sink.ply, tag ply) > ascii: expected true or false, got a string 'yes please'",
-        f"{path}:16: stages[4] (sink.ply, tag ply) > compress: unknown option (options: path, ascii, offset, colors, merge)",
+        f"{path}:16: stages[4] (sink.ply, tag ply) > compress: unknown option (options: path, ascii, offset, colors, crs, merge)",
     ]
 
 

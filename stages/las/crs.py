@@ -1,41 +1,18 @@
-"""The coordinate system a LAS output declares (`sink.las` option `crs`): the input's, none, or one given as an
-EPSG code (compound ones too, `EPSG:25832+7837`) or as WKT, written as LAS 1.4 asks: an OGC WKT1 record and the
+"""The coordinate system a LAS output declares (`sink.las` option `crs`, checked in stages/crs.py): the input's
+records, none, or one given as an EPSG code or WKT, written as LAS 1.4 asks: an OGC WKT1 record and the
 global-encoding WKT bit for point formats 6-10, GeoTIFF keys for formats 0-5."""
-import re
 import struct
 
-from pipeline.errors import OptionError, SinkError
-from pipeline.imports import require
+from pipeline.errors import PipelineError, SinkError
 
 from .header import stored_records
 
 PROJECTION = "LASF_Projection"
 CRS_RECORD_IDS = (34735, 34736, 34737, 2112)  # GeoTIFF keys, their doubles, their text; OGC WKT
 WKT_RECORD = 2112
-EPSG = re.compile(r"EPSG:(\d+)(?:\+(\d+))?", re.IGNORECASE)
-WKT_STARTS = ("PROJCS[", "GEOGCS[", "GEOCCS[", "COMPD_CS[", "VERT_CS[", "PROJCRS[", "GEOGCRS[", "GEODCRS[",
-              "COMPOUNDCRS[", "VERTCRS[", "BOUNDCRS[")
 # GeoTIFF keys (GeoTIFF 1.0 specification): model type, raster type, and the codes of the coordinate systems
 MODEL_TYPE, RASTER_TYPE, GEOGRAPHIC_TYPE, PROJECTED_TYPE, VERTICAL_TYPE = 1024, 1025, 2048, 3072, 4096
 MODEL_PROJECTED, MODEL_GEOGRAPHIC, RASTER_PIXEL_IS_AREA = 1, 2, 1
-
-
-def check_option(value):
-    """The `crs` option's form, checked without pyproj (validation imports no heavy library)."""
-    text = str(value).strip()
-    if text in ("keep", "none") or EPSG.fullmatch(text) or text.upper().startswith(WKT_STARTS):
-        return
-    raise OptionError(f"expected keep, none, an EPSG code such as EPSG:25832 or EPSG:25832+7837, or WKT, got "
-                      f"{text[:40]!r}", "crs")
-
-
-def parsed(value, where):
-    """The pyproj CRS of the option's value; a code or WKT pyproj does not know is one line."""
-    pyproj = require("pyproj", "sink.las crs")
-    try:
-        return pyproj.CRS.from_user_input(str(value).strip())
-    except Exception as error:  # pyproj.exceptions.CRSError, and whatever PROJ makes of odd WKT
-        raise SinkError(f"{where}: crs {str(value)[:60]!r}: {str(error).splitlines()[0]}") from None
 
 
 def records_for(crs, point_format, where):
@@ -43,6 +20,9 @@ def records_for(crs, point_format, where):
     the WKT bit must be set."""
     if point_format >= 6:
         wkt = crs.to_wkt(version="WKT1_GDAL")  # OGC WKT1 (LAS 1.4 allows no WKT2)
+        if not wkt.isascii():
+            raise SinkError(f"{where}: crs {crs.name!r}: its WKT1 holds characters that are not ASCII, which LAS "
+                            "cannot hold")
         return [(PROJECTION, WKT_RECORD, "OGC WKT", wkt.encode("ascii") + b"\0")], True
     keys = geotiff_keys(crs)
     if keys is None:
@@ -114,3 +94,17 @@ def crs_text(records):
             return text if text.isascii() and text.isprintable() else None  # a PLY header is ASCII
     name = crs_name(records)
     return name if name.startswith("EPSG:") else None
+
+
+def check_same_crs(label, items, infos):
+    """Refuses to merge items whose CRS records (GeoTIFF keys, WKT) differ: the file would declare one for all."""
+    first = None
+    for item, info in zip(items, infos):
+        facts = info.format_facts.get("las")
+        found = crs_records(facts) if facts else ()
+        if first is None:
+            first = (item, found)
+        elif found != first[1]:
+            raise PipelineError(f"{label}: items {first[0].name!r} ({crs_name(first[1])}) and {item.name!r} "
+                                f"({crs_name(found)}) have different coordinate systems; merge items of one CRS, or "
+                                "set `crs` to the one the file declares")

@@ -3,11 +3,12 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline.errors import OptionError, PipelineError
+from pipeline.errors import OptionError
 from pipeline.options import Option, boolean, one_of_values, template, text, xyz_numbers
 from pipeline.stage import Sink
 
-from .crs import check_option, crs_name, crs_records
+from ..crs import HELP, check_option
+from .crs import check_same_crs
 from .header import header_of
 from .writer import LasWriter
 
@@ -25,8 +26,7 @@ class LasSink(Sink):
                default=None),
         Option("offset", xyz_numbers(keywords=("auto",)), "coordinate offset (auto: whole units below the "
                "transformed data)", default="auto"),
-        Option("crs", text(), "the coordinate system the file declares: keep (the input's), none, an EPSG code "
-               "(EPSG:25832, EPSG:25832+7837) or WKT", default="keep"),
+        Option("crs", text(), HELP, default="keep"),
         Option("merge", boolean(), "write every item into one file", default=False),
     )
 
@@ -58,16 +58,3 @@ class LasSink(Sink):
                 log.info("merge: the items have different LAS layouts; writing scale %s", scales.tolist())
         return replace(info, format_facts=facts)
 
-
-def check_same_crs(label, items, infos):
-    """Refuses to merge items whose CRS records (GeoTIFF keys, WKT) differ: the file would declare one for all."""
-    first = None
-    for item, info in zip(items, infos):
-        facts = info.format_facts.get("las")
-        found = crs_records(facts) if facts else ()
-        if first is None:
-            first = (item, found)
-        elif found != first[1]:
-            raise PipelineError(f"{label}: items {first[0].name!r} ({crs_name(first[1])}) and {item.name!r} "
-                                f"({crs_name(found)}) have different coordinate systems; merge items of one CRS, or "
-                                "set `crs` to the one the file declares")

@@ -16,7 +16,8 @@ from pipeline.errors import SinkError
 from pipeline.model import XYZ, copy_records
 from pipeline.stage import Writer
 
-from .crs import crs_name, crs_records, is_crs_record, parsed, records_for
+from ..crs import parsed
+from .crs import crs_name, crs_records, is_crs_record, records_for
 from .header import copc_index, evlrs_of, header_of, laspy_module
 from .records import packed_fields, stored_xyz, unpacked
 
@@ -190,7 +191,7 @@ class LasWriter(Writer):
         self.header.vlrs = self.laspy.vlrs.vlrlist.VLRList([v for v in self.header.vlrs if not is_crs_record(v)])
         if option == "none":
             return
-        records, wkt = records_for(parsed(option, f"{self.where}: `crs`"), self.header.point_format.id, self.where)
+        records, wkt = records_for(parsed(option), self.header.point_format.id, self.where)
         self.header.vlrs.extend(self.laspy.VLR(*record) for record in records)
         self.header.global_encoding.wkt = wkt  # set for WKT, clear for GeoTIFF keys
 
