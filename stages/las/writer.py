@@ -18,6 +18,7 @@ from pipeline.stage import Writer
 
 from ..crs import parsed
 from .crs import crs_name, crs_records, is_crs_record, records_for
+from .extra_bytes import ExtraBytesRanges
 from .header import copc_index, evlrs_of, header_of, laspy_module
 from .records import packed_fields, stored_xyz, unpacked
 
@@ -122,6 +123,8 @@ class LasWriter(Writer):
         self.header = self.make_header(info)
         self.declare_crs(info)
         self.evlrs = self.kept_evlrs(info)
+        self.extra_ranges = ExtraBytesRanges(self.header, self.header.point_format.dtype(),
+                                             info.format_facts.get("las"))
         self.writer = None
         self.batch, self.batched = None, 0  # LAZ records waiting for a bigger write (see store)
         self.spare, self.compressing = None, None  # the other batch buffer; the batch lazrs is compressing
@@ -175,6 +178,8 @@ class LasWriter(Writer):
         if added:
             header.add_extra_dims([laspy.ExtraBytesParams(name=name, type=self.extra_type(info.dtype[name]))
                                    for name in added])
+        if header.point_format.id >= 6:  # LAS 1.4 calls formats 6-10 without the WKT bit an error: their CRS is WKT
+            header.global_encoding.wkt = True
         return header
 
     def declare_crs(self, info):
@@ -293,9 +298,6 @@ class LasWriter(Writer):
         by_return = header.number_of_points_by_return
         by_return[:] += counts[1:len(by_return) + 1].astype(by_return.dtype)
         header.point_count += len(records)
-        extra_bytes = header.vlrs.get("ExtraBytesVlr")
-        if extra_bytes:
-            extra_bytes[0].grow(self.laspy.PackedPointRecord(records, header.point_format))
         self.store(records)
 
     def store(self, records):
@@ -358,8 +360,10 @@ class LasWriter(Writer):
             raise
 
     def prepare(self, chunk):
-        """The chunk's records and their quantised coordinates; needs no file (see Writer)."""
-        return (self.records_of(chunk), *self.quantised(chunk))
+        """The chunk's records, their quantised coordinates and the ranges of their extra dimensions; needs no
+        file (see Writer)."""
+        records = self.records_of(chunk)
+        return (records, *self.quantised(chunk), self.extra_ranges.of(records))
 
     def records_of(self, chunk):
         """The chunk's points as records of the output's point format: a copy of its own LAS records when
@@ -390,8 +394,10 @@ class LasWriter(Writer):
         return records
 
     def write(self, prepared):
-        if len(prepared[0]):
-            self.append(*prepared)
+        records, values, ranges, extra_ranges = prepared
+        if len(records):
+            self.append(records, values, ranges)
+            self.extra_ranges.add(extra_ranges)
 
     def close(self):
         if self.writer is None:
@@ -412,6 +418,7 @@ class LasWriter(Writer):
                 handle.seek(LEGACY_COUNTS)
                 handle.write(struct.pack("<6I", header.point_count,
                                          *[int(n) for n in header.number_of_points_by_return[:5]]))
+            self.extra_ranges.write_into(handle)
 
     def described(self):
         return {str(self.temp): {"crs": self.crs}}
