@@ -63,13 +63,14 @@ class QuietServer(ThreadingHTTPServer):
 
 class CupixStandIn:
     def __init__(self, items, files, token="secret-token", per_page=2, faults=None, facilities=(), records=(),
-                 captures=()):
+                 captures=(), facility_details=None):
         self.items = items  # listing entries {"id", "type", "attributes"} in listing order
         self.files = files  # sub id -> (file name, bytes)
         self.token = token
         self.per_page = per_page
         self.faults = faults or Faults()
         self.extra = {"/facilities": list(facilities), "/records": list(records), "/captures": list(captures)}
+        self.facility_details = facility_details or {}  # facility key -> the attributes GET /facilities/{key} gives
         self.requests = []
         self.lock = threading.Lock()
         self.links_given = 0
@@ -158,6 +159,12 @@ class CupixStandIn:
             return self.page(handler, chosen, query, record)
         if route in self.extra:
             return self.page(handler, self.extra[route], query, record)
+        if len(parts) == 2 and parts[0] == "facilities":
+            attributes = self.facility_details.get(parts[1])
+            if attributes is None:
+                return self.send(handler, 404, b"", record=record)
+            data = {"id": str(attributes.get("id", 1)), "type": "facility", "attributes": attributes}
+            return self.json(handler, 200, {"result": {"data": data}, "session": None}, record)
         if len(parts) == 2 and parts[0] == "pointclouds":
             item = self.find(parts[1])
             if item is None:

@@ -15,8 +15,9 @@ from pipeline.imports import require
 log = logging.getLogger(__name__)
 
 AUTH_HEADER = "X-CUPIX-AUTH"
-POINTCLOUD_FIELDS = ("id,name,state,record,level,parent,kind,meta,cluster,capture,pointcloud_type,created_at,"
-                     "updated_at,mesh_uploaded_at,ply_uploaded_at")
+POINTCLOUD_FIELDS = ("id,name,state,record,level,parent,kind,meta,cluster,capture,facility,pointcloud_type,"
+                     "created_at,updated_at,mesh_uploaded_at,ply_uploaded_at")
+FACILITY_FIELDS = "id,key,name,bearing,use_georeference,georeference"
 RETRYABLE = {429, 500, 502, 503, 504}
 PER_PAGE = 100
 MAX_PAGES = 10_000
@@ -301,6 +302,20 @@ class CupixClient:
             raise self.error(f"{what}: expected result.data to be one item (a mapping), got {kind_of(data)}")
         item_id(data, f"{what}: the item", self)
         return data
+
+    def facility(self, key):
+        """The attributes of a facility (project), by its key: `GET /facilities/{key}` with FACILITY_FIELDS."""
+        path = f"/facilities/{quote(key, safe='')}"
+        what = f"GET {path}"
+        reply = self.get_json(path, {"fields": FACILITY_FIELDS}, what=what)
+        data = mapping(reply, "result", what, self).get("data") if isinstance(reply, dict) else None
+        if not isinstance(data, dict):
+            raise self.error(f"{what}: expected result.data to be one facility (a mapping), got "
+                             f"{kind_of(data if isinstance(reply, dict) else reply)}")
+        attributes = data.get("attributes", {})
+        if not isinstance(attributes, dict):
+            raise self.error(f"{what}: the facility's attributes are not a mapping ({kind_of(attributes)})")
+        return attributes
 
     def download_location(self, endpoint):
         """The storage URL that a download endpoint redirects to (the redirect is not followed). A relative

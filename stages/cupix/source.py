@@ -9,6 +9,7 @@ import time
 import weakref
 from concurrent.futures import Future
 from contextlib import contextmanager
+from dataclasses import replace
 
 from pipeline.errors import OptionError, PipelineError, SourceError
 from pipeline.model import Item
@@ -17,6 +18,7 @@ from pipeline.stage import Source
 
 from .listing import Listing, entry_id, meta, parent_id
 from .client import Backoff, CupixClient, CupixError
+from .georeference import described as described_facility, facility_key, facility_record
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,9 @@ class CupixSource(Source):
         Option("backoff", number(minimum=0), "seconds before the first retry (doubles each time)", default=0.5),
         Option("refresh", boolean(), "ignore the cache: download every sub again, except a file that another run "
                "downloaded after this one started (the CLI's --refresh sets it)", default=False),
+        Option("facility", text(), "the facility (project) whose georeference is recorded with each sub, never "
+               "applied: its key (the KEY in https://TEAM.cupix.works/pj/KEY), or none (default: the facility the "
+               "listing names for each sub)", default=None),
     )
     template_fields = ("name", "id", "index", "sub", "group", "capture")
 
@@ -85,6 +90,9 @@ class CupixSource(Source):
             raise OptionError("give at least one of capture_id, record_id, cluster_id or ids", "capture_id")
         if not options["base_url"].startswith(("http://", "https://")):
             raise OptionError(f"expected an http(s) URL, got {options['base_url']!r}", "base_url")
+        if options["facility"] is not None and not TOKEN_PATTERN.fullmatch(options["facility"]):
+            raise OptionError(f"expected a facility key (the KEY in https://TEAM.cupix.works/pj/KEY) or none, got "
+                              f"{options['facility'][:40]!r}", "facility")
 
     def __init__(self, options, label=""):
         super().__init__(options, label)
@@ -173,6 +181,7 @@ class CupixSource(Source):
             sub = next(s for s in subs if parent_id(s) not in listing.by_id)
             raise SourceError(f"pointcloud {sub['id']}: its group {parent_id(sub)} cannot be fetched: {error}") from error
         raw = {entry_id(e): e for e in entries}
+        facilities = self.facilities(subs, listing)
         items = []
         for index, sub in enumerate(subs):
             group = listing.group_of(sub)
@@ -193,9 +202,40 @@ class CupixSource(Source):
                               location=f"cupix pointcloud {sub['id']} ({described}) via {endpoint}",
                               point_count=prop.get("original_point_count"),
                               fields={"sub": sub["id"], "group": group["id"], "capture": capture},
-                              metadata={"cupix": {"sub": sub, "group": group, "capture_id": capture or None},
+                              metadata={"cupix": {"sub": sub, "group": group, "capture_id": capture or None,
+                                                  "facility": facilities[sub["id"]]},
                                         "endpoint": endpoint, "entries": [raw[sub["id"]], raw[group["id"]]]}))
         return items
+
+    def facilities(self, subs, listing):
+        """{sub id: what is recorded of its facility (see georeference.py), or None}: the facility is the one
+        `facility` names, else the one the listing names for the sub (or its group); its georeference is asked
+        once per facility and never applied, and a line says what was recorded."""
+        given = self.options["facility"]
+        if given == "none":
+            return {sub["id"]: None for sub in subs}
+        keys = {}
+        for sub in subs:
+            named = facility_key(sub) or facility_key(listing.group_of(sub))
+            if given and named and named != given:
+                raise SourceError(f"pointcloud {sub['id']} belongs to facility {named!r} (the listing's facility.key), "
+                                  f"not to {given!r} (`facility`)")
+            keys[sub["id"]] = given or named
+        unnamed = [sub_id for sub_id, key in keys.items() if key is None]
+        if unnamed:
+            log.info("pointcloud %s: the listing names no facility, so no georeference is recorded; set `facility` to "
+                     "the project's key (the KEY in https://TEAM.cupix.works/pj/KEY)", ", ".join(unnamed))
+        records = {}
+        for sub_id, key in keys.items():
+            if key is not None and key not in records:
+                try:
+                    attributes = self.client().facility(key)
+                except CupixError as error:
+                    raise SourceError(f"pointcloud {sub_id}: the georeference of its facility {key!r} cannot be read: "
+                                      f"{error}") from error
+                records[key] = facility_record(key, attributes, given=bool(given))
+                log.info("%s", described_facility(records[key]))
+        return {sub_id: records.get(key) for sub_id, key in keys.items()}
 
     def prepare(self, items):
         """What every download of the run needs, as plain data: the listing entries of the run's subs and
@@ -241,11 +281,15 @@ class CupixSource(Source):
 
     @contextmanager
     def read(self, item, decision=None):
+        """The sub's file as a point stream, whose first step records its facility's georeference (for the
+        report; nothing is applied)."""
         from ..files import read_file
 
         path = self.local_file(item, decision)
         with read_file(path, self.options["chunk_size"]) as stream:
-            yield stream
+            facility = item.metadata["cupix"].get("facility")
+            step = {"stage": self.label, "facility": dict(facility) if facility else None}
+            yield replace(stream, info=stream.info.with_step(step))
 
     def close(self):
         """Stops downloads still under way (after a failure or Ctrl-C) without waiting for a slow server:

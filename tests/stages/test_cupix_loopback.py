@@ -138,7 +138,9 @@ def test_end_to_end_run_aligns_every_sub(tmp_path, capture):
         set(listing[0].query["fields"][0].split(","))
     report = json.loads((tmp_path / "run.json").read_text())
     assert report["stages"][0]["options"]["token"] == "***"
-    assert report["items"][0]["applied"][0]["alignment"]["group"] == "5310"
+    source_step, align_step = report["items"][0]["applied"]
+    assert source_step == {"stage": "stages[0] (source.cupix, tag cupix)", "facility": None}  # the listing names none
+    assert align_step["alignment"]["group"] == "5310"
 
 
 @pytest.mark.parametrize("faults", [
