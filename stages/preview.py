@@ -221,13 +221,14 @@ class PreviewSink(Sink):
 
 
 EMPTY = -(1 << 63)  # a pixel no point falls in
+OPAQUE = 0xFF000000  # the alpha byte of a little-endian RGBA word
 LOW = 0xFFFFFFFF
 
 
 def packed(key, value=None):
     """Each point's depth key (float32) and value (below 2**32) as one int64 whose order is the key's, then the
     value's: the key's bits, made to order as integers do, in the high half and the value in the low half, so
-    that one `np.maximum.at` keeps both the nearest point of a pixel and its value.
+    that keeping the largest (`keep_largest`) keeps both the nearest point of a pixel and its value.
 
     >>> import numpy as np
     >>> keys = np.array([-2.5, -0.0, 0.0, 1.5, 1.5, 3.0], np.float32)
@@ -252,14 +253,33 @@ def depth_of(packed_values):
     return (bits ^ ((bits >> 31) & 0x7FFFFFFF)).view(np.float32)
 
 
+def keep_largest(buffer, pixel, keyed):
+    """Sets each pixel of `buffer` to the largest of its value and those of its points (`keyed`), as
+    `np.maximum.at(buffer, pixel, keyed)` does: the points larger than their pixel are written; where several
+    fell in one pixel any of them may have been, so those still larger than their pixel are written again, until
+    none is. np.maximum.at holds the interpreter's lock throughout (0.75 ms per 65,536 points into a 2048²
+    picture, during which the compute thread waits); take, compare, select and assign let go of it.
+
+    >>> import numpy as np
+    >>> buffer = np.array([5, 0, 9])
+    >>> keep_largest(buffer, np.array([0, 1, 1, 2, 1]), np.array([4, 3, 7, 10, 6]))
+    >>> buffer.tolist()
+    [5, 7, 10]
+    """
+    import numpy as np
+    while len(pixel):
+        larger = np.flatnonzero(keyed > buffer.take(pixel))  # faster than a boolean mask where half are larger
+        pixel, keyed = pixel.take(larger), keyed.take(larger)
+        buffer[pixel] = keyed
+
+
 class PreviewWriter(Writer):
     """Keeps, per pixel of each panel, the nearest point's depth key and value (its item, class, intensity, colour
     or height) packed in one int64 (see `packed`); draws the picture at `close`.
 
     `prepare` (the compute thread) finds each point's pixel and packs its key and value; `write` (the runner's
-    thread) keeps the largest per pixel with `np.maximum.at`: 0.8 ms per 65,536 points into a 2048² picture,
-    against 1.4 ms to keep the highest key and then set the value of the point holding it, and 5-7 ms for a
-    reduction by sorting. Of points of equal height, the one of larger value shows, whatever their order.
+    thread) keeps the largest per pixel (`keep_largest`). Of points of equal height, the one of larger value
+    shows, whatever their order.
     """
 
     def __init__(self, sink, item, info, staged):
@@ -271,7 +291,7 @@ class PreviewWriter(Writer):
         self.items = {}  # item index -> (name, code): the items drawn, for the legend
         for index, name in info.format_facts.get("preview", {}).get("items", []):  # a merged picture's items
             self.items[index] = (name, len(self.items) + 1)
-        self.colours = {}  # item index -> the table that makes its colours 8-bit (as sink.ply: see `eight_bit`)
+        self.sixteen = {}  # item index -> whether its colours use 16 bits (as sink.ply: see `eight_bit`)
         self.points = 0
         self.outside = 0
         self.written = None  # (size, sha256) once the picture is written
@@ -292,81 +312,76 @@ class PreviewWriter(Writer):
 
     # -- per chunk
 
-    def values(self, chunk):
-        """The values the colour mode reads, per point (None for item and elevation), and for rgb the
-        largest 16-bit colour of the chunk (which tells 8-bit values kept in 16 bits, as sink.ply does)."""
+    def values(self, chunk, item):
+        """What is packed under each point's key: the item's code (item), the class, the intensity (a float one
+        as the bits of a float32, which `rows` reads back), the 8-bit colours (rgb: red, green and blue in the
+        three low bytes, 8-bit as the item's first chunk says: see eight_bit), or None (elevation: the
+        height is the key, or seen from the side, packed by `located`)."""
         import numpy as np
+        if self.mode == "item":
+            return self.items[item.index][1]
         if self.mode == "classification":
-            return unsigned(chunk["classification"], np.uint8), 0
+            return unsigned(chunk["classification"], np.uint8)
         if self.mode == "intensity":
             values = chunk["intensity"]
-            if values.dtype.kind == "f":  # kept as the bits of a float32, which `rows` reads back
-                return values.astype(np.float32).view(np.uint32), 0
-            return unsigned(values, np.uint16), 0
+            if values.dtype.kind == "f":
+                return values.astype(np.float32).view(np.uint32)
+            return unsigned(values, np.uint16)
         if self.mode == "rgb":
-            colours = np.stack([unsigned(chunk[c], np.uint16) for c in ("red", "green", "blue")])
-            wide = [chunk[c] for c in ("red", "green", "blue") if chunk[c].dtype != np.uint8]
-            return colours, max((int(c.max(initial=0)) for c in wide), default=0)
-        return None, 0
+            channels = [chunk[name] for name in ("red", "green", "blue")]
+            if item.index not in self.sixteen:  # the item's first chunk: 16-bit colours if any exceeds 255
+                high = max((int(c.max(initial=0)) for c in channels if c.dtype != np.uint8), default=0)
+                self.sixteen[item.index] = high > 255
+            red, green, blue = (eight_bit(channel, self.sixteen[item.index]) for channel in channels)
+            green <<= 8
+            blue <<= 16
+            red |= green
+            red |= blue
+            return red
+        return None
 
     def located(self, xyz, values):
-        """Per panel: the pixel of every point kept, its key and value packed (rgb: its colours, packed by
-        `draw`, which knows the item)."""
+        """Per panel: the pixel of every point kept, and its key and value packed."""
         import numpy as np
         found = []
         for panel in self.panels:
             pixel, key, keep = panel.locate(xyz)
             own = values
             if self.mode == "elevation" and panel.depth != 2:
-                own = (xyz[2] - panel.v0).astype(np.float32)
+                own = (xyz[2] - panel.v0).astype(np.float32).view(np.uint32)
             if keep is not None:
-                own = own[..., keep] if own is not None else None
+                own = own[keep] if isinstance(own, np.ndarray) else own
                 self.outside += int(len(keep) - np.count_nonzero(keep))
-            if self.mode == "rgb":
-                found.append((pixel, packed(key), own))
-            elif self.mode == "elevation":
-                found.append((pixel, packed(key, own.view(np.uint32) if own is not None else None), None))
-            else:
-                found.append((pixel, packed(key, own), None))
+            found.append((pixel, packed(key, own)))
         return found
 
     def prepare(self, chunk):
         if len(chunk) == 0:
             return None
-        values, high = self.values(chunk)
+        item = self.current
+        if item.index not in self.items:
+            self.items[item.index] = (item.name, len(self.items) + 1)
+        values = self.values(chunk, item)
         if self.panels is None:
-            return len(chunk), None, chunk.xyz, values, high
-        return len(chunk), self.located(chunk.xyz, values), None, None, high
+            return len(chunk), None, (chunk.xyz, values)
+        return len(chunk), self.located(chunk.xyz, values), None
 
     def write(self, prepared):
         if prepared is None:
             return
-        count, found, xyz, values, high = prepared
-        item = self.current
-        if item.index not in self.items:
-            self.items[item.index] = (item.name, len(self.items) + 1)
-        if item.index not in self.colours and self.mode == "rgb":
-            self.colours[item.index] = eight_bit_table(high > 255)
+        count, found, kept = prepared
         self.points += count
         if found is None:
-            self.keep(xyz, values)
+            self.keep(*kept)
         else:
-            self.draw(found, item)
+            self.draw(found)
 
     def start_item(self, item):
         self.current = item
 
-    def draw(self, found, item):
-        import numpy as np
-        for buffer, (pixel, keyed, colours) in zip(self.buffers, found):
-            if self.mode == "item":
-                keyed |= self.items[item.index][1]
-            elif self.mode == "rgb":
-                table = self.colours[item.index]
-                keyed |= table[colours[0]]
-                keyed |= table[colours[1]] << 8
-                keyed |= table[colours[2]] << 16
-            np.maximum.at(buffer, pixel, keyed)
+    def draw(self, found):
+        for buffer, (pixel, keyed) in zip(self.buffers, found):
+            keep_largest(buffer, pixel, keyed)
 
     # -- items without bounds: kept in a temporary file, drawn at the end
 
@@ -376,27 +391,25 @@ class PreviewWriter(Writer):
             log.info("%s: the bounds are not known before the points: they are kept in a temporary file and drawn "
                      "at the end", self.where)
             self.spill = tempfile.TemporaryFile(dir=self.staged.parent, prefix=".preview-")
-            self.spill_dtype = values.dtype if values is not None else None
+            self.spill_dtype = values.dtype if isinstance(values, np.ndarray) else None
         self.spill_bounds = Bounds(tuple(xyz.min(axis=1).tolist()), tuple(xyz.max(axis=1).tolist())).union(
             self.spill_bounds)
         self.spill.write(np.int64(xyz.shape[1]).tobytes())
         self.spill.write(np.ascontiguousarray(xyz).tobytes())
-        if values is not None:
+        if self.spill_dtype is not None:
             self.spill.write(np.ascontiguousarray(values).tobytes())
 
     def replay(self):
         import numpy as np
         self.start(self.spill_bounds)
         self.spill.seek(0)
-        rows = 3 if self.mode == "rgb" else 1
+        values = self.items[self.item.index][1] if self.mode == "item" else None  # one item: its code
         while head := self.spill.read(8):
             count = int(np.frombuffer(head, np.int64)[0])
             xyz = np.frombuffer(self.spill.read(24 * count), np.float64).reshape(3, count)
-            values = None
             if self.spill_dtype is not None:
-                values = np.frombuffer(self.spill.read(count * rows * self.spill_dtype.itemsize), self.spill_dtype)
-                values = values.reshape(3, count) if rows == 3 else values
-            self.draw(self.located(xyz, values), self.item)
+                values = np.frombuffer(self.spill.read(count * self.spill_dtype.itemsize), self.spill_dtype)
+            self.draw(self.located(xyz, values))
         self.spill.close()
         self.spill = None
 
@@ -421,7 +434,8 @@ class PreviewWriter(Writer):
             legend, bar = self.legend()
             layer, layout = compose(self.title(), subtitle, self.panels, legend=legend, colour_bar=bar)
             self.written = write_png(self.staged, layer, [(place["box"], functools.partial(self.rows, index))
-                                                          for index, place in enumerate(layout["panels"])], layout)
+                                                          for index, place in enumerate(layout["panels"])], layout,
+                                     runs_only=self.mode == "rgb")
         self.panels = self.buffers = None
 
     def checksums(self):
@@ -488,22 +502,24 @@ class PreviewWriter(Writer):
         return None, ("intensity", GREYS, self.low, self.high)
 
     def rows(self, index, start, stop):
-        """Rows start..stop of a panel as RGBA, (rows, width, 4) uint8: coloured only when written out."""
+        """Rows start..stop of a panel as RGBA, (rows, width, 4) uint8: coloured only when written out, each
+        pixel's four bytes taken as one word from the colour table."""
         import numpy as np
         panel = self.panels[index]
         part = self.buffers[index][start * panel.width:stop * panel.width]
-        shown = part != EMPTY
         if self.mode == "rgb":  # red, green, blue in the low bytes
-            rgba = (part & 0xFFFFFF).astype("<u4").view(np.uint8).reshape(-1, 4)
-        elif self.mode == "elevation":
-            rgba = self.table[steps(self.heights(index, part), self.low, self.high)]
-        elif self.mode == "intensity":
-            rgba = self.table[steps(self.intensities(part), self.low, self.high)]
-        else:  # item, classification: a code
-            rgba = self.table[(part & 0xFFFF if self.mode == "item" else part & 0xFF).astype(np.intp)]
-        rgba[:, 3] = 255
-        np.multiply(rgba, shown[:, None], out=rgba)  # nothing shown: transparent black
-        return rgba.reshape(stop - start, panel.width, 4)
+            words = part.astype("<u4")
+            words |= OPAQUE
+        else:
+            table = self.table.view("<u4").reshape(-1)
+            if self.mode == "elevation":
+                words = table.take(steps(self.heights(index, part), self.low, self.high))
+            elif self.mode == "intensity":
+                words = table.take(steps(self.intensities(part), self.low, self.high))
+            else:  # item, classification: a code
+                words = table.take(part & (0xFFFF if self.mode == "item" else 0xFF))
+        words[part == EMPTY] = 0  # nothing shown: transparent black
+        return words.view(np.uint8).reshape(stop - start, panel.width, 4)
 
 
 def unsigned(values, kind):
@@ -519,16 +535,23 @@ def unsigned(values, kind):
     return np.clip(values, 0, np.iinfo(kind).max).astype(kind)
 
 
-def eight_bit_table(sixteen):
-    """What each 16-bit colour value becomes in 8 bits, as sink.ply makes them: divided by 257 and rounded when the
-    item uses 16 bits, else kept (values above 255, which a first chunk of 8-bit values did not foresee, clipped).
+def eight_bit(values, sixteen):
+    """Colour values in 8 bits (as uint32), as sink.ply makes them: divided by 257 and rounded when the item uses 16
+    bits, else kept (values above 255, which a first chunk of 8-bit values did not foresee, clipped; below 0, 0).
 
-    >>> eight_bit_table(True)[[0, 128, 129, 2570, 65535]].tolist(), eight_bit_table(False)[[7, 255, 300]].tolist()
+    >>> import numpy as np
+    >>> eight_bit(np.array([0, 128, 129, 2570, 65535]), True).tolist(), eight_bit(np.array([7, 255, 300]), False).tolist()
     ([0, 0, 1, 10, 255], [7, 255, 255])
     """
     import numpy as np
-    values = np.arange(65536, dtype=np.int64)
-    return ((values + 128) // 257 if sixteen else np.minimum(values, 255)).astype(np.int64)
+    values = unsigned(values, np.uint16).astype(np.uint32)
+    if sixteen:  # round(v / 257) = (v + 128) // 257, as a product and a shift (exact below 65536)
+        values += 128
+        values *= 65281
+        values >>= 24
+    else:
+        np.minimum(values, 255, out=values)
+    return values
 
 
 def spread(samples, percentiles):
@@ -789,7 +812,7 @@ def label_decimals(low, high):
 SEGMENT = 128  # rows of the picture coloured and deflated as one piece, by one of the encoding threads
 
 
-def write_png(path, sheet, panels, layout=None, level=1, threads=None) -> "tuple[int, str]":
+def write_png(path, sheet, panels, layout=None, level=1, threads=None, runs_only=False) -> "tuple[int, str]":
     """Writes the picture as an RGBA PNG: the sheet's rows with each panel's pixels put in its box (`panels`:
     (box, rows(start, stop) -> (rows, width, 4) uint8)) and a 1-pixel frame around it. Returns the file's size
     and sha256, computed as it is written.
@@ -799,8 +822,11 @@ def write_png(path, sheet, panels, layout=None, level=1, threads=None) -> "tuple
     ends on a byte boundary, as pigz makes them, and their concatenation, with the Adler-32 of the whole
     combined from theirs, is the one zlib stream PNG wants. Rows are stored unfiltered, at zlib level 1:
     Pillow's encoder tries every PNG filter on every row, which took 0.6-1 s for a 2048-pixel picture of 10
-    million points, against 0.06-0.18 s on one thread. The bytes depend on the pixels only (fixed segments,
-    no time chunk); the layout goes in an iTXt chunk.
+    million points, against 0.06-0.18 s on one thread. `runs_only` has deflate look for runs of one byte only
+    (zlib's Z_RLE), not for repeated patterns: the right choice for the points' own colours, whose neighbouring
+    pixels seldom repeat a pattern (10 million points of random colours in a 2048-pixel picture: 0.09 s, 7.9 MB,
+    against 0.21 s, 8.0 MB), not for colours from a table (elevation: 7.4 MB against 3.7 MB). The bytes depend
+    on the pixels only (fixed segments, no time chunk); the layout goes in an iTXt chunk.
     """
     import zlib
     from concurrent.futures import ThreadPoolExecutor
@@ -812,11 +838,11 @@ def write_png(path, sheet, panels, layout=None, level=1, threads=None) -> "tuple
     starts = range(0, height, SEGMENT)
 
     def segment(start):
-        data = png_rows(sheet, panels, start, min(height, start + SEGMENT)).tobytes()
-        deflate = zlib.compressobj(level, zlib.DEFLATED, -15)
+        data = png_rows(sheet, panels, start, min(height, start + SEGMENT))
+        deflate = zlib.compressobj(level, zlib.DEFLATED, -15, 8, zlib.Z_RLE if runs_only else zlib.Z_DEFAULT_STRATEGY)
         last = start + SEGMENT >= height
         return deflate.compress(data) + deflate.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH), \
-            zlib.adler32(data), len(data)
+            zlib.adler32(data), data.nbytes
 
     with open(path, "wb") as file:
         out = Hashed(file)

@@ -261,20 +261,31 @@ def test_a_merging_writer_draws_each_chunk_in_the_colour_of_the_item_the_engine_
     assert tuple(at(pixels, layout, 28, 5)) == ITEM_COLOURS[1] + (255,)
 
 
-def test_an_item_without_bounds_is_kept_aside_and_drawn_as_from_las(tmp_path, registry, caplog):
+@pytest.mark.parametrize("color", ["item", "elevation", "intensity", "classification", "rgb"])
+def test_an_item_without_bounds_is_kept_aside_and_drawn_as_from_las(tmp_path, registry, caplog, color):
     (tmp_path / "ply").mkdir()
     (tmp_path / "las").mkdir()
-    las = laspy.read(make_las(tmp_path / "las" / "square.las", square(0, 0, 1)))
-    records = np.zeros(len(las.x), [("x", "<f8"), ("y", "<f8"), ("z", "<f8")])
-    records["x"], records["y"], records["z"] = las.x, las.y, las.z  # the very coordinates the LAS file gives
-    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(records)}\nproperty double x\n"
-              "property double y\nproperty double z\nend_header\n")
+    xyz = np.concatenate([square(0, 0, 1), square(2, 2, 3, side=4)])  # a higher square on a lower one
+    count = len(xyz)
+    fields = {"intensity": np.arange(count) % 1000, "classification": np.arange(count) % 7,
+              "red": np.arange(count) * 7 % 65536, "green": np.arange(count) * 13 % 65536,
+              "blue": np.arange(count) * 29 % 65536}
+    las = laspy.read(make_las(tmp_path / "las" / "square.las", xyz, **fields))
+    records = np.zeros(count, [("x", "<f8"), ("y", "<f8"), ("z", "<f8"), ("intensity", "<u2"),
+                               ("classification", "u1"), ("red", "<u2"), ("green", "<u2"), ("blue", "<u2")])
+    for name in records.dtype.names:
+        records[name] = las[name]  # the very coordinates and values the LAS file gives
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {count}\n" + "".join(
+        f"property {ply_type} {name}\n" for name, ply_type in [("x", "double"), ("y", "double"), ("z", "double"),
+                                                               ("intensity", "ushort"), ("classification", "uchar"),
+                                                               ("red", "ushort"), ("green", "ushort"),
+                                                               ("blue", "ushort")]) + "end_header\n")
     (tmp_path / "ply" / "square.ply").write_bytes(header.encode() + records.tobytes())
     with caplog.at_level(logging.INFO):
-        draw(tmp_path / "ply", registry, [tmp_path / "ply" / "square.ply"], resolution=0.5)
+        draw(tmp_path / "ply", registry, [tmp_path / "ply" / "square.ply"], resolution=0.5, color=color)
     assert "stages[1] (sink.preview): square: the bounds are not known before the points: they are kept in a " \
            "temporary file and drawn at the end" in [r.getMessage() for r in caplog.records]
-    draw(tmp_path / "las", registry, [tmp_path / "las" / "square.las"], resolution=0.5)
+    draw(tmp_path / "las", registry, [tmp_path / "las" / "square.las"], resolution=0.5, color=color)
     assert (tmp_path / "ply/out/picture.png").read_bytes() == (tmp_path / "las/out/picture.png").read_bytes()
     assert sorted(p.name for p in (tmp_path / "ply/out").iterdir()) == ["picture.png"]  # nothing left beside it
 
@@ -306,6 +317,28 @@ def test_points_outside_the_declared_bounds_are_left_out_not_smeared_on_the_edge
     pixel, key, keep = panel.locate(xyz)
     assert keep.tolist() == [True, True, True, False, False]  # 4.4 is within half a pixel: the edge pixel
     assert pixel.tolist() == [4 + 0, 0 + 3, 1 * 4 + 3] and key.tolist() == [1.0, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("points, pixels", [(65_536, 4_000_000), (65_536, 1_000), (1_000, 3)])
+def test_keep_largest_keeps_what_numpy_maximum_at_keeps(points, pixels):
+    from stages.preview import EMPTY, keep_largest, packed
+    rng = np.random.default_rng(points + pixels)
+    buffer = np.full(pixels, EMPTY, np.int64)
+    buffer[::3] = rng.integers(-(1 << 62), 1 << 62, len(buffer[::3]))  # some pixels already drawn
+    expected = buffer.copy()
+    for _ in range(3):
+        pixel = rng.integers(0, pixels, points)
+        keyed = packed(rng.choice(np.float32([-1.5, 0.0, 2.25, 7.0]), points), rng.integers(0, 4, points))  # ties
+        np.maximum.at(expected, pixel, keyed)
+        keep_largest(buffer, pixel, keyed)
+        assert np.array_equal(buffer, expected)
+
+
+def test_eight_bit_colours_are_those_of_dividing_by_257_and_rounding():
+    from stages.preview import eight_bit
+    values = np.arange(65536)
+    assert np.array_equal(eight_bit(values, True), np.round(values / 257))
+    assert np.array_equal(eight_bit(values, False), np.minimum(values, 255))
 
 
 def test_a_resolution_too_fine_for_the_extent_is_refused():
