@@ -244,6 +244,29 @@ def point_stages(args, folder, source, pipeline):
               f"stolen CPU s {result[2]:.2f}", flush=True)
 
 
+# sink.preview in each colour mode (and seen from the side) into a 2048-pixel picture, each against LAS -> LAS
+PREVIEWS = {mode: f"color: {mode}" for mode in ("item", "elevation", "intensity", "classification", "rgb")}
+PREVIEWS["item, side view"] = "color: item\nview: side"
+
+
+def previews(args, folder, source, pipeline):
+    """LAS -> matrix -> sink.preview, each colour mode, in alternation with LAS -> matrix -> LAS."""
+    plain = config(folder, [source], ("sink.las", ".las"))
+    names = list(PREVIEWS)
+    drawn = []
+    for n, name in enumerate(names):
+        path = config(folder, [source], ("sink.preview", ".png"), name=f"preview{n}.yaml")
+        path.write_text(path.read_text() + textwrap.indent(PREVIEWS[name], "    ") + "\n")
+        drawn.append(path)
+    results = best_of(args.repeat, [pipeline + ["run", "-q", str(path)] for path in [plain, *drawn]],
+                      outputs=[folder / "out"])
+    row("LAS -> matrix -> LAS", args.points, results[0])
+    for name, result in zip(names, results[1:]):
+        print(f"{'  sink.preview ' + name:<34} pipeline {args.points / result[0] / 1e6:6.2f} Mpts/s "
+              f"{result[1]:7.0f} MB | {results[0][0] / result[0]:.2f}x LAS -> LAS | target >= 0.7x, < 150 MB | "
+              f"stolen CPU s {result[2]:.2f}", flush=True)
+
+
 def best_of(repeat, commands, outputs=()):
     """Runs the commands in alternation; for each, the best time, the largest peak and the CPU time stolen
     during the best run. Runs during which the host stole more than MAX_STOLEN seconds of CPU do not count
@@ -324,7 +347,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--cases", default="startup,las,stages,laz,ply,plyin,xyzin,ptsin,jobs,dask")
+    parser.add_argument("--cases", default="startup,las,stages,preview,laz,ply,plyin,xyzin,ptsin,jobs,dask")
     parser.add_argument("--text-points", type=int, default=2_000_000, help="points of the XYZ and PTS inputs (xyzin, ptsin)")
     parser.add_argument("--workdir", help="keep inputs here (default: a temporary folder)")
     args = parser.parse_args()
@@ -345,7 +368,7 @@ def main():
             print(f"{'pipeline ' + words[0]:<34} {seconds:.3f} s (target < 0.3 s)", flush=True)
 
     source = folder / f"input_{args.points}.las"
-    if cases & {"las", "stages", "laz", "ply", "plyin", "xyzin", "ptsin"} and not source.exists():
+    if cases & {"las", "stages", "preview", "laz", "ply", "plyin", "xyzin", "ptsin"} and not source.exists():
         subprocess.run([python, "-c", GENERATE, str(args.points), str(source), "1"], check=True)
     matrix = json.dumps(MATRIX)
     reference_las = [python, "-c", LASPY_STREAMED.format(matrix=matrix), str(source)]
@@ -355,6 +378,8 @@ def main():
                                 ">= 2x, < 250 MB", "(sha256 of the output read back)")
     if "stages" in cases:
         point_stages(args, folder, source, pipeline)
+    if "preview" in cases:
+        previews(args, folder, source, pipeline)
     if "laz" in cases:
         ours = config(folder, [source], ("sink.las", ".laz"))
         results = best_of(args.repeat, [pipeline + ["run", "-q", str(ours)],
