@@ -255,10 +255,13 @@ def depth_of(packed_values):
 
 def keep_largest(buffer, pixel, keyed):
     """Sets each pixel of `buffer` to the largest of its value and those of its points (`keyed`), as
-    `np.maximum.at(buffer, pixel, keyed)` does: the points larger than their pixel are written; where several
-    fell in one pixel any of them may have been, so those still larger than their pixel are written again, until
-    none is. np.maximum.at holds the interpreter's lock throughout (0.75 ms per 65,536 points into a 2048²
-    picture, during which the compute thread waits); take, compare, select and assign let go of it.
+    `np.maximum.at(buffer, pixel, keyed)` does, mostly without holding the interpreter's lock: np.maximum.at holds
+    it throughout (0.75 ms per 65,536 points of uniform noise into a 2048² picture), while the compute thread
+    waits to read and locate the next chunk. The points larger than their pixel are written (take, compare,
+    select and assign let go of the lock); where several fell in one pixel, one of them was, and np.maximum.at
+    does those still larger than it: few, except where many points of a chunk fall in one pixel, as down a wall
+    seen from above (writing them again until none is larger took a round per point when they came in falling
+    order, 80 ms a chunk).
 
     >>> import numpy as np
     >>> buffer = np.array([5, 0, 9])
@@ -267,10 +270,11 @@ def keep_largest(buffer, pixel, keyed):
     [5, 7, 10]
     """
     import numpy as np
-    while len(pixel):
-        larger = np.flatnonzero(keyed > buffer.take(pixel))  # faster than a boolean mask where half are larger
-        pixel, keyed = pixel.take(larger), keyed.take(larger)
-        buffer[pixel] = keyed
+    larger = np.flatnonzero(keyed > buffer.take(pixel))  # faster than a boolean mask where half are larger
+    pixel, keyed = pixel.take(larger), keyed.take(larger)
+    buffer[pixel] = keyed
+    larger = np.flatnonzero(keyed > buffer.take(pixel))
+    np.maximum.at(buffer, pixel.take(larger), keyed.take(larger))
 
 
 class PreviewWriter(Writer):

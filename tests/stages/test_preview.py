@@ -334,6 +334,17 @@ def test_keep_largest_keeps_what_numpy_maximum_at_keeps(points, pixels):
         assert np.array_equal(buffer, expected)
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_keep_largest_of_points_in_rising_or_falling_order_in_one_pixel(order):
+    from stages.preview import EMPTY, keep_largest, packed
+    heights = np.arange(512, dtype=np.float32)[::order]  # a scan line down (or up) a wall, seen from above
+    pixel = np.repeat(np.arange(128), 512)
+    keyed = packed(np.tile(heights, 128), np.arange(len(pixel)) % 5)
+    buffer = np.full(200, EMPTY, np.int64)
+    keep_largest(buffer, pixel, keyed)
+    assert np.array_equal(buffer[:128], keyed.reshape(128, 512).max(axis=1)) and (buffer[128:] == EMPTY).all()
+
+
 def test_eight_bit_colours_are_those_of_dividing_by_257_and_rounding():
     from stages.preview import eight_bit
     values = np.arange(65536)
