@@ -3,7 +3,8 @@ multiples of `cell` in world coordinates (a point's cell is floor(coordinate / c
 that separate runs and items share cells. Kept points keep every attribute exactly: nothing is averaged.
 
 - `first`: the first point of each cell, in the order the points come. Streams: each chunk is decided as it
-  comes, against the cells seen before (`SeenCells`).
+  comes, against the cells seen before (`SeenCells`: a dense map over a small box, else a hash set of the cells'
+  keys).
 - `nearest`: the point nearest the mean of its cell's points (the mean summed in the points' order; among
   points at the same distance, the first).
 - `center`: one point at the centre of each cell, (floor(coordinate / cell) + 0.5) * cell, with the other
@@ -19,13 +20,13 @@ from pipeline.stage import Transform
 from .neighbourhoods import positive_number
 
 MODES = ("first", "nearest", "center")
-BLOCK = 4  # bits of a cell index that fall within a block: blocks of 16 x 16 x 16 cells, one bit each
-BLOCK_SPAN = 1 << 20  # blocks either side of the first point's block, along each axis (21 bits of a key each)
 DENSE_CELLS = 1 << 25  # cells of the dense map of `first` at most (2 bytes each: 64 MB)
-DENSE_SLICE = (1 << 16) - 1  # points decided at once with the dense map (their positions + 1 fit its 16 bits)
-# blocks hold 512 bytes of bits each: when there are this many and their cells are this few a block on average
-# (points scattered in 3D, noise), a table of the cells' keys (32 bytes a cell) takes less memory
-SCATTERED_BLOCKS, SCATTERED_CELLS = 1 << 15, 16
+DENSE_SLICE = (1 << 16) - 1  # points decided at once with the dense map (their tags, DENSE_SLICE - position, are > 0)
+KEY_BITS = (22, 22, 19)  # bits of a cell key for x, y and z: 4,194,304 cells along x and y, 524,288 along z
+MAX_LOAD = 0.75  # share of HashedCells' slots that may hold a key
+FIRST_BITS = 16  # HashedCells' first table: 2^16 slots (512 KB)
+GROWTH = 8  # a table grows at most this many times over at once, towards the cells expected (fewer keys placed again)
+PIECE = 1 << 16  # keys added at once when a table is filled again (a piece's arrays stay in the CPU's caches)
 GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing's multiplier
 EMPTY = -1
 
@@ -56,93 +57,6 @@ def cell_centres(xyz, cell):
     centres += 0.5
     centres *= cell
     return centres
-
-
-def hashed(keys, bits, salt=0):
-    """Fibonacci hashing of int64 keys into `bits` bits."""
-    import numpy as np
-    mixed = keys.view(np.uint64) ^ np.uint64((salt * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF)
-    mixed *= np.uint64(GOLDEN)
-    mixed >>= np.uint64(64 - bits)
-    return mixed.view(np.int64)
-
-
-def first_of(keys):
-    """For each key, the position of the first key equal to it (without sorting: keys are hashed into a table
-    where the smallest position of a slot's keys stays, and keys that find another key there try again with
-    another hash).
-
-    >>> import numpy as np
-    >>> first_of(np.array([7, 3, 7, 7, 3, 9])).tolist()
-    [0, 1, 0, 0, 1, 5]
-    """
-    import numpy as np
-    first = np.empty(len(keys), np.intp)
-    pending, wanted, salt = np.arange(len(keys)), keys, 0
-    while len(pending):
-        bits = max(4, (4 * len(pending) - 1).bit_length())
-        slots = hashed(wanted, bits, salt)
-        owner = np.empty(1 << bits, np.intp)
-        owner[slots[::-1]] = pending[::-1]  # numpy assigns in order: the smallest position is written last
-        found = owner[slots]
-        if (found > pending).any():  # it did not: take the smallest explicitly
-            owner[slots] = len(keys)
-            np.minimum.at(owner, slots, pending)
-            found = owner[slots]
-        same = keys[found] == wanted
-        first[pending[same]] = found[same]
-        other = ~same
-        pending, wanted, salt = pending[other], wanted[other], salt + 1
-    return first
-
-
-class BlockTable:
-    """Block keys (int64) to block numbers 0, 1, ... in the order they were first seen: open addressing with
-    linear probing, at most half full."""
-
-    def __init__(self, bits=10):
-        import numpy as np
-        self.bits = bits
-        self.keys = np.full(1 << bits, EMPTY, np.int64)
-        self.numbers = np.zeros(1 << bits, np.int64)
-        self.count = 0
-
-    def numbers_of(self, keys, given=None):
-        """The numbers of distinct keys; new ones are numbered in the order they come (or given theirs)."""
-        import numpy as np
-        if (self.count + len(keys)) * 2 > len(self.keys):
-            self.grow(self.count + len(keys))
-        out = np.empty(len(keys), np.int64)
-        new_slot = np.full(len(keys), -1, np.int64)
-        mask = len(self.keys) - 1
-        pending, slots, wanted = np.arange(len(keys)), hashed(keys, self.bits), keys
-        while len(pending):
-            there = self.keys[slots]
-            done = there == wanted  # keys are distinct: this one was there before
-            out[pending[done]] = self.numbers[slots[done]]
-            empty = np.flatnonzero(there == EMPTY)
-            if len(empty):
-                self.keys[slots[empty]] = wanted[empty]
-                won = empty[self.keys[slots[empty]] == wanted[empty]]  # one key takes a slot
-                new_slot[pending[won]] = slots[won]
-                done[won] = True
-            left = np.flatnonzero(~done)
-            pending, slots, wanted = pending[left], (slots[left] + 1) & mask, wanted[left]
-        new = np.flatnonzero(new_slot >= 0)
-        numbers = np.arange(self.count, self.count + len(new)) if given is None else given[new]
-        self.numbers[new_slot[new]] = numbers
-        out[new] = numbers
-        self.count += len(new)
-        return out
-
-    def grow(self, needed):
-        used = self.keys != EMPTY
-        keys, numbers = self.keys[used], self.numbers[used]
-        bits = self.bits
-        while needed * 2 > 1 << bits:
-            bits += 1
-        self.__init__(bits)
-        self.numbers_of(keys, given=numbers)
 
 
 class DenseCells:
@@ -176,26 +90,27 @@ class DenseCells:
         self.low, self.shape, self.map = new_low, shape, cells.reshape(-1)
         return True
 
-    def first_new(self, cells):
-        """Positions (in order) of the points (cells: (3, n) int64, n < 65536, inside the box) that are the first
-        of a cell not seen before; their cells are then seen. The points of cells not seen write their position
-        + 1 into the map in reverse order, so that the first one's stays (and marks the cell as seen)."""
+    def first_new(self, floors):
+        """Positions (in order) of the points (floors: (3, n) floor(coordinate / cell) as float64, inside the
+        box) that are the first of a cell not seen before; their cells are then seen. The points of cells not
+        seen tag them with DENSE_SLICE - their position and the largest tag stays (np.maximum.at): the first
+        point's, which then marks the cell as seen."""
         import numpy as np
-        cells = cells - self.low[:, None]
-        index = cells[0] * int(self.shape[1] * self.shape[2])
-        index += cells[1] * int(self.shape[2])
-        index += cells[2]
-        unseen = np.flatnonzero(self.map[index] == 0)
-        where = index[unseen]
-        tags = unseen.astype(np.uint16)
-        tags += 1
-        self.map[where[::-1]] = tags[::-1]  # numpy assigns in order: the smallest position is written last
-        found = self.map[where]
-        if (found > tags).any():  # it did not: take the smallest explicitly
-            self.map[where] = np.iinfo(np.uint16).max
-            np.minimum.at(self.map, where, tags)
-            found = self.map[where]
-        return unseen[found == tags]
+        offset = floors - self.low[:, None]  # whole numbers below the box's shape: exact in float64
+        index = offset[0] * float(self.shape[1] * self.shape[2])
+        index += offset[1] * float(self.shape[2])
+        index += offset[2]
+        index = index.astype(np.intp)
+        step = -(-len(index) // -(-len(index) // DENSE_SLICE))  # equal slices of at most DENSE_SLICE points
+        kept = []
+        for start in range(0, len(index), step):
+            part = index[start:start + step]
+            unseen = np.flatnonzero(self.map[part] == 0)
+            where = part[unseen]
+            tags = (DENSE_SLICE - unseen).astype(np.uint16)
+            np.maximum.at(self.map, where, tags)
+            kept.append(unseen[self.map[where] == tags] + start)
+        return kept[0] if len(kept) == 1 else np.concatenate(kept)
 
     def seen(self):
         """The cells seen, as a (3, n) int64 array."""
@@ -205,182 +120,124 @@ class DenseCells:
         return np.stack(np.unravel_index(np.flatnonzero(self.map), tuple(self.shape.tolist()))) + self.low[:, None]
 
 
-class SparseCells:
-    """The cells seen so far, for `first`, when they spread over too many for a dense map: a bit for each cell
-    of each block of 16 x 16 x 16 cells that holds a point (512 bytes a block), blocks found through a hash
-    table of their keys."""
+class HashedCells:
+    """The cells seen so far, for `first`, when they spread over more than a dense map holds: a set of their
+    keys (x, y and z cell indices from an anchor, KEY_BITS bits of an int64 each) by open addressing with
+    linear probing, in a table at most MAX_LOAD full: 8 bytes a slot, 11 to 21 bytes a cell. A table that must
+    grow is made large enough for `expected` cells at once, and every key is placed again."""
 
-    def __init__(self, label, cell):
+    def __init__(self, label, cell, centre):
         import numpy as np
         self.label, self.cell = label, cell
-        self.table = BlockTable()
-        self.bits = np.zeros(1 << 16, np.uint8)
-        self.anchor = None
+        self.spans = np.array([1 << bits for bits in KEY_BITS], np.int64)
+        self.anchor = centre - self.spans // 2
+        self.bits, self.count = FIRST_BITS, 0
+        self.table = np.full(1 << self.bits, EMPTY, np.int64)
 
-    def bits_of(self, cells):
-        """Each cell's bit number in `bits` (blocks not seen before are added)."""
+    def keys_of(self, cells, low, high):
+        """The keys of (3, n) int64 cell indices whose least and greatest along each axis are `low` and `high`."""
         import numpy as np
-        blocks = cells >> BLOCK
-        if self.anchor is None:
-            self.anchor = blocks[:, :1] - BLOCK_SPAN
-        blocks -= self.anchor
-        if blocks.min() < 0 or blocks.max() >= 2 * BLOCK_SPAN:
-            raise StageError(f"{self.label}: the points spread over more than {2 * BLOCK_SPAN << BLOCK} cells of "
-                             f"{self.cell:g} m along an axis; use a larger `cell`")
-        keys = blocks[0] << 42
-        keys |= blocks[1] << 21
-        keys |= blocks[2]
-        within = cells & ((1 << BLOCK) - 1)
-        bit = within[0] << 2 * BLOCK
-        bit |= within[1] << BLOCK
-        bit |= within[2]
-        first_block = first_of(keys)
-        new_blocks = np.flatnonzero(first_block == np.arange(len(keys)))
-        numbers = np.empty(len(keys), np.int64)
-        numbers[new_blocks] = self.table.numbers_of(keys[new_blocks])
-        needed = self.table.count << (3 * BLOCK - 3)
-        if needed > len(self.bits):
-            grown = np.zeros(max(needed, 2 * len(self.bits)), np.uint8)
-            grown[:len(self.bits)] = self.bits
-            self.bits = grown
-        numbers = numbers[first_block]
-        numbers <<= 3 * BLOCK
-        bit |= numbers
-        return bit
-
-    def set(self, bit):
-        """Sets these bits (one byte may hold several of them)."""
-        import numpy as np
-        byte, value = bit >> 3, np.left_shift(np.uint8(1), (bit & 7).astype(np.uint8))
-        while len(byte):
-            self.bits[byte] |= value  # bits of one byte given twice: one of them is lost, and set again
-            lost = np.flatnonzero((self.bits[byte] & value) == 0)
-            byte, value = byte[lost], value[lost]
-
-    def first_new(self, cells):
-        """As DenseCells.first_new, for any number of points."""
-        import numpy as np
-        bit = self.bits_of(cells)
-        unseen = np.flatnonzero(((self.bits[bit >> 3] >> (bit & 7).astype(np.uint8)) & 1) == 0)
-        first = first_of(bit[unseen])
-        kept = unseen[first == np.arange(len(unseen))]
-        self.set(bit[kept])
-        self.cells += len(kept)
-        return kept
-
-    cells = 0  # cells seen
-
-    @property
-    def scattered(self):
-        """True when the blocks hold so few cells each that KeyCells would take less memory."""
-        return self.table.count >= SCATTERED_BLOCKS and self.cells < SCATTERED_CELLS * self.table.count
-
-    def seen(self):
-        """The cells seen, as (3, n) cell indices."""
-        import numpy as np
-        used = self.table.keys != EMPTY
-        keys = np.empty(self.table.count, np.int64)
-        keys[self.table.numbers[used]] = self.table.keys[used]
-        used_bytes = np.flatnonzero(self.bits[:self.table.count << (3 * BLOCK - 3)])
-        bits = np.unpackbits(self.bits[used_bytes][:, None], axis=1, bitorder="little")
-        byte, within_byte = np.nonzero(bits)
-        bit = (used_bytes[byte] << 3) | within_byte
-        key, within = keys[bit >> 3 * BLOCK], bit & ((1 << 3 * BLOCK) - 1)
-        mask = (1 << 21) - 1
-        blocks = np.stack([key >> 42, (key >> 21) & mask, key & mask]) + self.anchor
-        inner = np.stack([within >> 2 * BLOCK, (within >> BLOCK) & ((1 << BLOCK) - 1), within & ((1 << BLOCK) - 1)])
-        return (blocks << BLOCK) | inner
-
-
-class KeyCells:
-    """The cells seen so far, for `first`, when they are scattered (few to a block): their keys in a few sorted
-    runs, merged as in a log-structured merge tree (a run is merged into the one before it when it grows to half
-    its size), so that a chunk is looked up with one binary search a run and the merges cost O(n log n) in all:
-    8 bytes a cell, 16 while two runs merge."""
-
-    def __init__(self, label, cell):
-        self.label, self.cell = label, cell
-        self.runs = []
-        self.anchor = None
-
-    @property
-    def count(self):
-        return sum(len(run) for run in self.runs)
-
-    def keys_of(self, cells):
-        if self.anchor is None:
-            self.anchor = cells[:, :1] - BLOCK_SPAN
-        relative = cells - self.anchor
-        if relative.min() < 0 or relative.max() >= 2 * BLOCK_SPAN:
-            raise StageError(f"{self.label}: the points spread over more than {2 * BLOCK_SPAN} cells of "
-                             f"{self.cell:g} m along an axis; use a larger `cell`")
-        keys = relative[0] << 42
-        keys |= relative[1] << 21
+        outside = (low < self.anchor) | (high >= self.anchor + self.spans)
+        if outside.any():
+            axis = int(np.flatnonzero(outside)[0])
+            raise StageError(f"{self.label}: points lie more than {self.spans[axis] // 2} cells of {self.cell:g} m "
+                             f"from the item's centre along {'xyz'[axis]} (the most a cell key holds); use a larger "
+                             "`cell`")
+        relative = cells - self.anchor[:, None]
+        keys = relative[0] << (KEY_BITS[1] + KEY_BITS[2])
+        keys |= relative[1] << KEY_BITS[2]
         keys |= relative[2]
         return keys
 
-    def add(self, cells):
+    def add(self, keys, expected=0):
+        """Positions (in order) of the keys that are new: not in the set, and the first of theirs in `keys`;
+        they are then in the set. Each round reads the slots where the keys not yet placed are; the keys at an
+        empty slot each write position - n - 2 there with np.minimum.at, so that the first of them wins it and
+        writes its key, and the others go on to the next slot, as do those at a slot holding another key. The
+        copies of a key go from slot to slot together, so each key's first copy is the one that wins."""
         import numpy as np
-        self.insert(np.unique(self.keys_of(cells)))
+        n = len(keys)
+        if self.count + n > MAX_LOAD * len(self.table):
+            self.grow(max(self.count + n, expected))
+        table, mask = self.table, len(self.table) - 1
+        slots = keys.view(np.uint64) * np.uint64(GOLDEN)
+        slots >>= np.uint64(64 - self.bits)
+        slots = slots.view(np.int64)
+        pending, wanted = np.arange(n), keys
+        new = np.zeros(n, bool)
+        while len(pending):
+            there = table[slots]
+            empty = np.flatnonzero(there == EMPTY)
+            if len(empty):
+                taken, takers = slots[empty], pending[empty]
+                np.minimum.at(table, taken, takers - (n + 2))  # below EMPTY and any key
+                winners = table[taken] + (n + 2)
+                table[taken] = there[empty] = keys[winners]
+                new[takers[winners == takers]] = True
+            moving = np.flatnonzero(there != wanted)
+            pending, slots, wanted = pending[moving], (slots[moving] + 1) & mask, wanted[moving]
+        kept = np.flatnonzero(new)
+        self.count += len(kept)
+        return kept
 
-    def insert(self, keys):
-        """Adds sorted keys seen for the first time."""
-        import numpy as np
-        self.runs.append(keys)
-        while len(self.runs) > 1 and 2 * len(self.runs[-1]) >= len(self.runs[-2]):
-            last = self.runs.pop()
-            self.runs[-1] = np.sort(np.concatenate([self.runs[-1], last]), kind="stable")  # two sorted runs: a merge
+    def extend(self, keys):
+        """Adds these keys, PIECE at a time."""
+        if self.count + len(keys) > MAX_LOAD * len(self.table):
+            self.grow(self.count + len(keys))
+        for start in range(0, len(keys), PIECE):
+            self.add(keys[start:start + PIECE])
 
-    def first_new(self, cells):
-        """As DenseCells.first_new, for any number of points."""
+    def grow(self, needed):
+        """A table for at least `needed` keys, with the keys of this one."""
         import numpy as np
-        keys = self.keys_of(cells)
-        candidates = np.flatnonzero(first_of(keys) == np.arange(len(keys)))
-        order = np.argsort(keys[candidates], kind="stable")
-        wanted = keys[candidates[order]]  # sorted: the binary searches then walk each run in one direction
-        new = np.ones(len(wanted), bool)
-        for run in self.runs:
-            at = np.searchsorted(run, wanted)
-            np.minimum(at, len(run) - 1, out=at)
-            new &= run[at] != wanted
-        if new.any():
-            self.insert(wanted[new])
-        return np.sort(candidates[order[new]])
+        keys = self.table[self.table != EMPTY]
+        while needed > MAX_LOAD * (1 << self.bits):
+            self.bits += 1
+        self.table, self.count = np.full(1 << self.bits, EMPTY, np.int64), 0
+        self.extend(keys)
 
 
 class SeenCells:
     """The cells seen so far, for `first`: a DenseCells map while the points' cells fit one (its box first made
-    to hold the item's bounds, when they are known), then SparseCells, then KeyCells if the cells are scattered."""
+    to hold the item's bounds, when they are known), then HashedCells centred on the bounds (or on the first
+    chunk's cells), grown towards the cells the item's `points` (when known) bring at the rate they came so far."""
 
-    def __init__(self, cell, label, bounds=None):
+    def __init__(self, cell, label, bounds=None, points=None):
         import numpy as np
-        self.cell, self.label = cell, label
-        self.dense, self.sparse = DenseCells(), None
+        self.cell, self.label, self.points = cell, label, points
+        self.dense, self.hashed, self.centre, self.done = DenseCells(), None, None, 0
         if bounds is not None:
             box = cell_indices(np.array([bounds.mins, bounds.maxs], dtype=np.float64).T, cell)
-            self.dense.fits(box[:, 0], box[:, 1])
+            self.centre = (box[:, 0] + box[:, 1]) // 2
+            if not self.dense.fits(box[:, 0], box[:, 1]):
+                self.dense = None  # the item's cells would not fit one
 
     def first_new(self, xyz):
         """Positions (in order) of the points of a chunk ((3, n) coordinates) that are the first of a cell not
         seen before; their cells are then seen."""
         import numpy as np
-        cells = cell_indices(xyz, self.cell)
-        if self.sparse is None and not self.dense.fits(cells.min(axis=1), cells.max(axis=1)):
-            self.sparse = SparseCells(self.label, self.cell)
-            seen = self.dense.seen()
+        if not xyz.shape[1]:
+            return np.zeros(0, np.intp)
+        floors = np.divide(xyz, self.cell)
+        np.floor(floors, out=floors)
+        low, high = floors.min(axis=1).astype(np.int64), floors.max(axis=1).astype(np.int64)
+        if self.centre is None:
+            self.centre = (low + high) // 2
+        if self.hashed is None and (self.dense is None or not self.dense.fits(low, high)):
+            self.hashed = HashedCells(self.label, self.cell, self.centre)
+            seen = self.dense.seen() if self.dense is not None else np.zeros((3, 0), np.int64)
             if seen.shape[1]:
-                self.sparse.set(self.sparse.bits_of(seen))
+                self.hashed.extend(self.hashed.keys_of(seen, seen.min(axis=1), seen.max(axis=1)))
             self.dense = None
-        if self.sparse is not None:
-            kept = self.sparse.first_new(cells)
-            if isinstance(self.sparse, SparseCells) and self.sparse.scattered:
-                keyed = KeyCells(self.label, self.cell)
-                keyed.add(self.sparse.seen())
-                self.sparse = keyed
-            return kept
-        kept = [self.dense.first_new(cells[:, start:start + DENSE_SLICE]) + start
-                for start in range(0, cells.shape[1], DENSE_SLICE)]
-        return kept[0] if len(kept) == 1 else np.concatenate(kept)
+        if self.hashed is None:
+            kept = self.dense.first_new(floors)
+        else:
+            count, expected = self.hashed.count, 0
+            if self.points and self.done:
+                expected = min(count * self.points // self.done, GROWTH * (count + xyz.shape[1]))
+            kept = self.hashed.add(self.hashed.keys_of(floors.astype(np.int64), low, high), expected)
+        self.done += xyz.shape[1]
+        return kept
 
 
 def chosen_in_cells(records, cell, mode):
@@ -440,13 +297,13 @@ class VoxelTransform(Transform):
         info = info.with_step({"stage": label, "cell": cell, "mode": mode})
         step = info.applied[-1]  # the counts are added when the item is done (see neighbourhoods.finished)
         if mode == "first":
-            return info, lambda chunks: first_points(chunks, cell, label, item, step, info.bounds)
+            return info, lambda chunks: first_points(chunks, SeenCells(cell, label, info.bounds, info.point_count),
+                                                     label, item, step)
         return info, lambda chunks: chosen_points(chunks, cell, mode, label, item, step)
 
 
-def first_points(chunks, cell, label, item, step, bounds):
+def first_points(chunks, seen, label, item, step):
     from .neighbourhoods import finished
-    seen = SeenCells(cell, label, bounds)
     points_in = points_out = 0
     for chunk in chunks:
         if len(chunk):

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import ConfigError, StageError
 from stages import neighbourhoods
-from stages.voxel import BlockTable, SeenCells, VoxelTransform, first_of
+from stages.voxel import HashedCells, SeenCells, VoxelTransform
 from tests.conftest import make_las, run
 
 COUNT = 6000
@@ -218,52 +218,57 @@ def test_the_cell_is_required(survey, registry):
 
 # --- the pieces -----------------------------------------------------------------------------------------------
 
-def test_first_of_matches_numpy_unique():
-    rng = np.random.default_rng(3)
-    for distinct in (1, 5, 1000, 10**9):
-        keys = rng.integers(0, distinct, 5000)
-        first = first_of(keys)
-        _, index, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        assert np.array_equal(first, index[inverse.reshape(-1)])
+@pytest.mark.parametrize("distinct", [1, 5, 1000, 10**9])
+def test_hashed_cells_keep_the_first_of_each_key_and_grow(monkeypatch, distinct):
+    """Keys in chunks with copies within and across them, in a table that starts at 16 slots and grows: each
+    key's first copy is new, as numpy.unique's first index says, whatever other keys share its slots."""
+    from stages import voxel
+    monkeypatch.setattr(voxel, "FIRST_BITS", 4)
+    keys = np.random.default_rng(3).integers(0, distinct, 20000)
+    cells = HashedCells("voxel", 1.0, np.zeros(3, np.int64))
+    new = np.concatenate([cells.add(keys[start:start + 999]) + start for start in range(0, len(keys), 999)])
+    _, first = np.unique(keys, return_index=True)
+    assert np.array_equal(new, np.sort(first)) and cells.count == len(first)
+    assert cells.count <= voxel.MAX_LOAD * len(cells.table) and (cells.table != voxel.EMPTY).sum() == cells.count
 
 
-def test_the_block_table_numbers_blocks_as_they_come_and_grows():
-    table = BlockTable(bits=4)
-    first = table.numbers_of(np.arange(100, 130) * 977)
-    again = table.numbers_of(np.array([110, 101, 5000]) * 977)
-    assert first.tolist() == list(range(30)) and again.tolist() == [10, 1, 30] and table.count == 31
+def test_a_hashed_table_that_grows_is_made_for_the_cells_expected():
+    cells = HashedCells("voxel", 1.0, np.zeros(3, np.int64))
+    cells.add(np.arange(40000, dtype=np.int64) * 7919)
+    cells.add(np.arange(40000, 90000, dtype=np.int64) * 7919, expected=1_000_000)
+    assert len(cells.table) == 1 << 21 and cells.count == 90000  # 1M keys fit 3/4 of 2^21 slots, not of 2^20
+    assert np.array_equal(np.sort(cells.table[cells.table != -1]), np.arange(90000) * 7919)
 
 
 @pytest.mark.parametrize("dense_cells", [1 << 25, 30_000, 1])
-def test_seen_cells_across_chunks_dense_then_sparse(monkeypatch, dense_cells):
-    """The dense map while the cells fit it, then the blocks (the cells seen so far carried over)."""
+@pytest.mark.parametrize("points", [None, 40000])
+def test_seen_cells_across_chunks_dense_then_hashed(monkeypatch, dense_cells, points):
+    """The dense map while the cells fit it, then the hash set (the cells seen so far carried over), with
+    copies of earlier points' cells in later chunks; the same points with or without the item's point count."""
     from stages import voxel
     monkeypatch.setattr(voxel, "DENSE_CELLS", dense_cells)
     monkeypatch.setattr(voxel, "DENSE_SLICE", 300)
+    monkeypatch.setattr(voxel, "FIRST_BITS", 4)
     rng = np.random.default_rng(4)
     xyz = rng.uniform(-50, 50, (3, 40000)) * np.linspace(0.01, 1, 40000)  # a box that grows as points come
-    seen = SeenCells(0.5, "voxel")
+    xyz[:, 30000:] = xyz[:, :10000] + 0.001  # the same cells again, mostly: to be left out
+    seen = SeenCells(0.5, "voxel", points=points)
     kept = np.concatenate([seen.first_new(xyz[:, start:start + 997]) + start for start in range(0, 40000, 997)])
     assert np.array_equal(kept, expected_first(xyz, 0.5))
-    assert (seen.sparse is None) == (dense_cells == 1 << 25)
-    if seen.sparse is not None:
-        assert seen.sparse.table.count > 100
+    assert (seen.hashed is None) == (dense_cells == 1 << 25)
+    if seen.hashed is not None:
+        assert seen.hashed.count == len(kept)
 
 
-def test_scattered_cells_move_from_blocks_to_a_table_of_keys(monkeypatch):
-    """Points scattered in 3D (noise) hold a cell or two a block: the blocks' bits would take 512 bytes a point
-    (10 million points: 5 GB), so the cells seen so far go to a table of their keys, and nothing else changes."""
-    from stages import voxel
-    monkeypatch.setattr(voxel, "DENSE_CELLS", 1)
-    monkeypatch.setattr(voxel, "SCATTERED_BLOCKS", 64)
+def test_scattered_points_each_in_a_cell_of_their_own():
+    """Uniform noise with 5 cm cells: nearly every point is the first of its cell."""
     rng = np.random.default_rng(5)
     xyz = rng.uniform(-100, 100, (3, 30000))
-    xyz[:, 20000:] = xyz[:, :10000] + 0.001  # the same cells again, to be left out
-    seen = SeenCells(0.05, "voxel")
+    xyz[:, 20000:] = xyz[:, :10000] + 0.001  # the same cells again but for 6% (1 mm into the next cell), left out
+    seen = SeenCells(0.05, "voxel", points=30000)
     kept = np.concatenate([seen.first_new(xyz[:, start:start + 999]) + start for start in range(0, 30000, 999)])
-    assert np.array_equal(kept, expected_first(xyz, 0.05))
-    assert isinstance(seen.sparse, voxel.KeyCells) and seen.sparse.count == len(kept)
-    assert len(seen.sparse.runs) <= 12  # merged as they grow
+    assert np.array_equal(kept, expected_first(xyz, 0.05)) and 20000 < len(kept) < 21000
+    assert seen.dense is None and seen.hashed.count == len(kept)
 
 
 def test_the_dense_map_starts_from_the_item_bounds():
@@ -275,11 +280,28 @@ def test_the_dense_map_starts_from_the_item_bounds():
 
 
 def test_points_too_far_apart_for_the_cell_are_refused():
+    """A cell key holds 2^21 cells either side of the item's centre along x and y, 2^18 along z (here the centre
+    of the first chunk's cells)."""
     seen = SeenCells(0.001, "stages[1] (transform.voxel)")
     seen.first_new(np.zeros((3, 1)))
-    seen.first_new(np.full((3, 1), 1000.0))
-    with pytest.raises(StageError, match=r"more than 33554432 cells of 0.001 m along an axis; use a larger `cell`"):
-        seen.first_new(np.array([[40_000.0], [0.0], [0.0]]))
+    seen.first_new(np.array([[2000.0], [-2000.0], [200.0]]))
+    with pytest.raises(StageError, match=r"^stages\[1\] \(transform.voxel\): points lie more than 2097152 cells of "
+                                         r"0.001 m from the item's centre along x \(the most a cell key holds\); use "
+                                         r"a larger `cell`$"):
+        seen.first_new(np.array([[2100.0], [0.0], [0.0]]))
+    with pytest.raises(StageError, match=r"more than 262144 cells of 0.001 m from the item's centre along z"):
+        seen.first_new(np.array([[0.0], [0.0], [-263.0]]))
+
+
+def test_the_cell_keys_are_centred_on_the_item_bounds():
+    """With its bounds known, an item may spread over all of a key's 4,194,304 cells along x (here 4 km of 1 mm
+    cells, far too many for a dense map), whichever end its points start from."""
+    from pipeline.model import Bounds
+    xyz = np.array([[0.0002, 3999.9994, 3999.9996, 2000.0002], [0.5] * 4, [0.5] * 4])
+    for points in (xyz, xyz[:, ::-1].copy()):
+        seen = SeenCells(0.001, "voxel", Bounds((0.0, 0.0, 0.0), (4000.0, 1.0, 1.0)))
+        assert seen.dense is None
+        assert seen.first_new(points[:, :2]).tolist() == [0, 1] and seen.first_new(points[:, 2:]).tolist() == [1]
 
 
 def test_temporary_files_are_removed_when_the_consumer_stops_early(survey, monkeypatch, tmp_path):
