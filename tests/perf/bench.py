@@ -6,7 +6,8 @@
     python tests/perf/bench.py --cases xyzin,ptsin          # text inputs against numpy.loadtxt and pandas
 
 The input is generated deterministically (LAS 1.4, point format 7, offsets near 300 000 / 4 000 000 / 50,
-scale 0.001). Each case runs the pipeline and its reference in alternation, `--repeat` times, as separate
+scale 0.001); the `stages` case also thins a second one, a scanned surface (GENERATE_SURFACE), with voxel
+`first`. Each case runs the pipeline and its reference in alternation, `--repeat` times, as separate
 processes; the best time of each is kept (the machine is noisy) and peak RSS is the child's ru_maxrss.
 "stolen CPU s" is the CPU time the hypervisor gave to other machines during the best runs (from
 /proc/stat); runs that lost more than MAX_STOLEN are repeated (up to MAX_REPEAT times) and count only
@@ -203,10 +204,10 @@ def config(folder, inputs, sink, name="bench.yaml", then=""):
     return path
 
 
-# point stages after the matrix, each against the same run without it, each keeping half to three quarters of the
-# points: the generated points, moved by MATRIX, lie in a 1.4 km square around (-1,739,909, 3,614,985), z from 55
-# to 155 m, classes 0..9 (uniform in 3D: cells of 5 cm would each hold one point, the worst case of voxel `first`,
-# 4.8 s and 370 MB for 10 million points on 2026-11-29)
+# point stages after the matrix, each against the same run without it: the generated points, moved by MATRIX, lie
+# in a 1.4 km square around (-1,739,909, 3,614,985), z from 55 to 155 m, classes 0..9, uniform in 3D. voxel `first`
+# keeps 8% of them with 5 m cells, 69% with 2 m cells, and every one with 5 cm cells (each its own cell: its worst
+# case, every point a cell not seen before)
 POINT_STAGES = {
     "drop every other point": ("""
       - type: transform.decimate
@@ -222,6 +223,16 @@ POINT_STAGES = {
         cell: 5
         mode: first
     """, ">= 0.7x LAS -> LAS"),
+    "voxel first, 2 m cells": ("""
+      - type: transform.voxel
+        cell: 2
+        mode: first
+    """, ">= 0.7x LAS -> LAS"),
+    "voxel first, 5 cm cells": ("""
+      - type: transform.voxel
+        cell: 0.05
+        mode: first
+    """, ">= 0.7x LAS -> LAS"),
     "filter classification and z": ("""
       - type: transform.filter
         where: classification not in [0, 1, 7] and z > 80
@@ -229,19 +240,56 @@ POINT_STAGES = {
 }
 
 
-def point_stages(args, folder, source, pipeline):
+# a 300 m site as a scanner sees it rather than noise: ground (a gentle wave, 5 mm of noise) and four walls 10 m high,
+# in 3 m tiles one after another; voxel `first` keeps 26% of it with 20 cm cells, 87% with 5 cm, all but 0.3% with 1 cm
+GENERATE_SURFACE = """
+import sys, laspy, numpy as np
+count, path = int(sys.argv[1]), sys.argv[2]
+rng = np.random.default_rng(5)
+x, y = rng.uniform(0, 300, count), rng.uniform(0, 300, count)
+z = 0.3 * np.sin(x / 7) + 0.2 * np.cos(y / 5) + rng.normal(0, 0.005, count)
+wall, side = np.arange(count) >= count * 7 // 10, rng.integers(0, 4, count)
+x = np.where(wall & (side % 2 == 1), np.where(side == 1, 20.0, 150.0) + rng.normal(0, 0.005, count), x)
+y = np.where(wall & (side % 2 == 0), np.where(side == 0, 30.0, 170.0) + rng.normal(0, 0.005, count), y)
+z = np.where(wall, rng.uniform(0, 10, count), z)
+order = np.lexsort((np.floor(x / 3), np.floor(y / 3)))
+header = laspy.LasHeader(version="1.4", point_format=7)
+header.scales = np.array([0.001] * 3)
+header.offsets = np.array([500000.0, 4000000.0, 50.0])
+las = laspy.LasData(header)
+las.x, las.y, las.z = x[order] + 500000, y[order] + 4000000, z[order] + 50
+las.intensity = rng.integers(0, 65535, count)
+las.gps_time = np.arange(count) * 1e-4
+las.write(path)
+"""
+SURFACE_STAGES = {f"voxel first, {name} cells": (f"""
+      - type: transform.voxel
+        cell: {cell}
+        mode: first
+    """, ">= 0.7x LAS -> LAS") for name, cell in (("20 cm", 0.2), ("5 cm", 0.05), ("1 cm", 0.01))}
+
+
+def point_stages(args, folder, source, pipeline, stages=POINT_STAGES, plain_name="LAS -> matrix -> LAS"):
     """LAS -> matrix -> each point stage -> LAS, in alternation with LAS -> matrix -> LAS."""
     plain = config(folder, [source], ("sink.las", ".las"))
-    names = list(POINT_STAGES)
-    staged = [config(folder, [source], ("sink.las", ".las"), name=f"stage{n}.yaml", then=POINT_STAGES[name][0])
+    names = list(stages)
+    staged = [config(folder, [source], ("sink.las", ".las"), name=f"stage{n}.yaml", then=stages[name][0])
               for n, name in enumerate(names)]
     results = best_of(args.repeat, [pipeline + ["run", "-q", str(path)] for path in [plain, *staged]],
                       outputs=[folder / "out"])
-    row("LAS -> matrix -> LAS", args.points, results[0])
+    row(plain_name, args.points, results[0])
     for name, result in zip(names, results[1:]):
         print(f"{'  + ' + name:<34} pipeline {args.points / result[0] / 1e6:6.2f} Mpts/s {result[1]:7.0f} MB | "
-              f"{results[0][0] / result[0]:.2f}x the speed without it | target {POINT_STAGES[name][1]} | "
+              f"{results[0][0] / result[0]:.2f}x the speed without it | target {stages[name][1]} | "
               f"stolen CPU s {result[2]:.2f}", flush=True)
+
+
+def surface(args, folder):
+    """The surface input (GENERATE_SURFACE) of --points points, made once."""
+    path = folder / f"surface_{args.points}.las"
+    if not path.exists():
+        subprocess.run([sys.executable, "-c", GENERATE_SURFACE, str(args.points), str(path)], check=True)
+    return path
 
 
 # sink.preview in each colour mode (and seen from the side) into a 2048-pixel picture, each against LAS -> LAS
@@ -378,6 +426,7 @@ def main():
                                 ">= 2x, < 250 MB", "(sha256 of the output read back)")
     if "stages" in cases:
         point_stages(args, folder, source, pipeline)
+        point_stages(args, folder, surface(args, folder), pipeline, SURFACE_STAGES, "a surface: LAS -> matrix -> LAS")
     if "preview" in cases:
         previews(args, folder, source, pipeline)
     if "laz" in cases:
