@@ -123,6 +123,8 @@ def make_plan(stages: Stages, inputs=(), report=None) -> Plan:
     if report is not None:
         claim(f"--report {report}", report, None)
     decisions = tuple(dict(stage.prepare(items) or {}) for stage in [stages.source, *stages.transforms])
+    for sink in stages.sinks:
+        sink.prepare(items)  # a sink may refuse the run before any point is read; it decides nothing per item
     indexes = [item.index for item in items]
     tasks = (tuple(indexes),) if merged else tuple((index,) for index in indexes)
     return Plan(stages, items, targets, merged, Path(report) if report is not None else None, decisions, tasks,

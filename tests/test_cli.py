@@ -176,7 +176,7 @@ def test_stages_lists_options_with_types_and_defaults():
     stages = {s["type"]: s for s in json.loads(done.stdout)}
     assert set(stages) == {"source.files", "source.cupix", "transform.matrix", "transform.align", "transform.crop",
                            "transform.decimate", "transform.filter", "transform.voxel", "transform.outliers",
-                           "transform.normals", "sink.las", "sink.ply", "sink.preview"}
+                           "transform.normals", "sink.las", "sink.ply", "sink.preview", "sink.overlap"}
     chunk = next(o for o in stages["source.files"]["options"] if o["name"] == "chunk_size")
     assert chunk == {"name": "chunk_size", "type": "integer >= 1", "required": False, "default": 65536,
                      "doc": "points per chunk"}

@@ -18,6 +18,7 @@ from stages.files import FilesSource
 from stages.filter import FilterTransform
 from stages.las import LasSink
 from stages.matrix import MatrixTransform
+from stages.overlap import OverlapSink
 from stages.normals import NormalsTransform
 from stages.outliers import OutliersTransform
 from stages.ply import PlySink
@@ -29,6 +30,7 @@ BUILT_IN = {
     "sink.las": "stages.las:LasSink",
     "sink.ply": "stages.ply:PlySink",
     "sink.preview": "stages.preview:PreviewSink",
+    "sink.overlap": "stages.overlap:OverlapSink",
     "source.cupix": "stages.cupix.source:CupixSource",
     "source.files": "stages.files:FilesSource",
     "transform.align": "stages.cupix.alignment:AlignTransform",
@@ -269,8 +271,8 @@ def test_built_in_stages_come_from_entry_points():
 
     assert registry.entries() == BUILT_IN
     assert [registry.get(name) for name in registry.names()] == [
-        LasSink, PlySink, PreviewSink, CupixSource, FilesSource, AlignTransform, CropTransform, DecimateTransform,
-        FilterTransform, MatrixTransform, NormalsTransform, OutliersTransform, VoxelTransform]
+        LasSink, OverlapSink, PlySink, PreviewSink, CupixSource, FilesSource, AlignTransform, CropTransform,
+        DecimateTransform, FilterTransform, MatrixTransform, NormalsTransform, OutliersTransform, VoxelTransform]
 
 
 def test_other_group_is_empty():
@@ -287,7 +289,7 @@ def test_plugin_distribution_adds_a_stage(tmp_path, modules):
     registry = Registry.from_entry_points()
 
     assert registry.entries() == {**BUILT_IN, "source.demo": f"{module}:DemoSource", "sink.demo": f"{module}:DemoSink"}
-    assert registry.names() == ["sink.demo", "sink.las", "sink.ply", "sink.preview", "source.cupix", "source.demo",
+    assert registry.names() == ["sink.demo", "sink.las", "sink.overlap", "sink.ply", "sink.preview", "source.cupix", "source.demo",
                                 "source.files", "transform.align", "transform.crop", "transform.decimate",
                                 "transform.filter", "transform.matrix", "transform.normals", "transform.outliers",
                                 "transform.voxel"]

@@ -5,10 +5,11 @@ import math
 from dataclasses import replace
 
 from pipeline.errors import OptionError, StageError
-from pipeline.options import Option, anything, choice, is_number, shown, typed
+from pipeline.options import Option, anything, choice, is_number, path, shown, typed
 from pipeline.stage import Transform
 
 from ..matrix import LAYOUTS, as_matrix, check_affine, matrix_transform
+from ..overlap.corrections import read as read_corrections
 from .listing import meta as prop
 
 log = logging.getLogger(__name__)
@@ -279,6 +280,8 @@ class AlignTransform(Transform):
                default="warn"),
         Option("extra", anything("4 rows of 4 numbers"), "a matrix applied after alignment, e.g. into a site grid",
                default=None),
+        Option("corrections", path(), "a corrections file of sink.overlap: each sub's 4x4, matched by sub id, "
+               "applied last (after extra)", default=None),
     )
 
     @classmethod
@@ -300,6 +303,23 @@ class AlignTransform(Transform):
         super().__init__(options, label)
         self.extra = self.extra_matrix(self.options)
 
+    def corrections(self, items):
+        """{item index: the correction of its sub} from the `corrections` file; every sub of the run must have one."""
+        named = self.options["corrections"]
+        if named is None:
+            return {}
+        try:
+            by_sub = read_corrections(named)
+        except OptionError as error:
+            raise StageError(f"{self.label}: corrections: {error}") from None
+        found = {}
+        for item in items:
+            sub = str(((item.metadata.get("cupix") or {}).get("sub") or {}).get("id"))
+            if sub not in by_sub:
+                raise StageError(f"{self.label}: corrections: {named} has no correction for sub {sub} ({item.name})")
+            found[item.index] = by_sub[sub]
+        return found
+
     def prepare(self, items):
         """{item index: (world matrix, the record of how it was decided)} for every sub of the run."""
         entries = []
@@ -316,8 +336,12 @@ class AlignTransform(Transform):
             raise StageError(f"{self.label}: {error}") from error
         for note in notes:
             log.info("%s: %s", self.label, note)
+        corrections = self.corrections(items)
         alignments = {}
         for item, (matrix, record) in zip(items, records):
+            if item.index in corrections:
+                matrix = corrections[item.index] @ matrix
+                record["correction"] = {"file": self.options["corrections"], "matrix": corrections[item.index].tolist()}
             problem = (record["check_world"] or {}).get("problem")
             if problem and self.options["check_world"] == "error":
                 raise StageError(f"{self.label}: {problem}")

@@ -1,0 +1,131 @@
+"""How well two thinned scans agree where they overlap: the share of each within reach of the other, the
+distances between their surfaces, a point-to-plane ICP, and the verdict.
+
+Distances are measured from each point to the other scan's surface (the plane through its nearest point, with
+that point's normal), not to the nearest point: after thinning to 5 cm cells, the nearest point of a
+perfectly aligned scan is itself up to a few centimetres away along the surface, which would hide a real
+misalignment of that size. Coordinates are taken relative to a common origin near the site (`Cloud.local`),
+so that rotations are about a point near the scans and not about the survey frame's origin, kilometres away.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.imports import require
+
+NORMAL_NEIGHBOURS = 16  # points a normal is fitted to
+ICP_ITERATIONS = 100
+DIGITS = 12
+REFINE = 0.25  # the second round of ICP matches points closer than this share of `distance`
+AGREES, DISAGREES, TOO_LITTLE = "agrees", "disagrees", "too little overlap"
+
+
+@dataclass
+class Cloud:
+    """One item's thinned points relative to the site origin, with open3d's cloud (normals estimated) and a
+    nearest-neighbour index built on first use."""
+
+    name: str
+    local: np.ndarray  # (n, 3) float64
+    _cloud: object = None
+    _search: object = None
+
+    @property
+    def lows(self):
+        return self.local.min(axis=0)
+
+    @property
+    def highs(self):
+        return self.local.max(axis=0)
+
+    def cloud(self):
+        if self._cloud is None:
+            o3d = require("open3d", "sink.overlap")
+            cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(self.local))
+            cloud.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(NORMAL_NEIGHBOURS))
+            self._cloud = cloud
+        return self._cloud
+
+    def normals(self):
+        return np.asarray(self.cloud().normals)
+
+    def nearest(self, points):
+        """For each of `points`, the index of the nearest point of this cloud and the distance to it."""
+        o3d = require("open3d", "sink.overlap")
+        if self._search is None:
+            self._search = o3d.core.nns.NearestNeighborSearch(o3d.core.Tensor(self.local))
+            self._search.knn_index()
+        index, squared = self._search.knn_search(o3d.core.Tensor(np.ascontiguousarray(points)), 1)
+        return index.numpy()[:, 0].astype(np.intp), np.sqrt(squared.numpy()[:, 0])
+
+
+def near_boxes(first, second, distance):
+    """Whether the bounding boxes of two clouds, grown by `distance`, meet."""
+    return bool(np.all(first.lows - distance <= second.highs) and np.all(second.lows - distance <= first.highs))
+
+
+def surface_distances(points, other):
+    """The distance of each point to the other cloud's surface at its nearest point, and to that point."""
+    index, nearest = other.nearest(points)
+    across = np.abs(np.einsum("ij,ij->i", points - other.local[index], other.normals()[index]))
+    return across, nearest
+
+
+def figures(distances):
+    if not len(distances):
+        return {"points": 0, "median": None, "p90": None, "rms": None}
+    return {"points": int(len(distances)), "median": float(np.median(distances)),
+            "p90": float(np.percentile(distances, 90)), "rms": float(np.sqrt(np.mean(distances ** 2)))}
+
+
+def icp(moving, fixed, distance):
+    """Point-to-plane ICP (open3d) of `moving` onto `fixed`, from where they are: the 4×4 (site frame) that brings
+    `moving` onto `fixed`, its fitness and inlier RMSE. Pairs closer than `distance` are matched first, then,
+    from there, pairs closer than REFINE of it: the first round's wide matches also pair points of different
+    surfaces near edges and corners, which pull the result by millimetres."""
+    o3d = require("open3d", "sink.overlap")
+    registration = o3d.pipelines.registration
+    source = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(moving.local))
+    criteria = registration.ICPConvergenceCriteria(relative_fitness=1e-9, relative_rmse=1e-9,
+                                                   max_iteration=ICP_ITERATIONS)
+    matrix = np.eye(4)
+    for reach in (distance, distance * REFINE):
+        result = registration.registration_icp(source, fixed.cloud(), reach, matrix,
+                                               registration.TransformationEstimationPointToPlane(), criteria)
+        matrix = np.asarray(result.transformation)
+    # open3d's threads sum in any order: the last bits differ from run to run, so the result is rounded far
+    # above them (1e-12, in metres of the site frame) to give the same report on every run
+    return np.round(matrix, DIGITS), float(result.fitness), round(float(result.inlier_rmse), DIGITS)
+
+
+def rotation_degrees(matrix):
+    cosine = (np.trace(matrix[:3, :3]) - 1) / 2
+    return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
+
+
+def measure(first, second, distance, min_overlap, tolerance):
+    """Everything the report says of one pair; the ICP matrix (site frame) under "matrix" when it ran."""
+    pair = {"first": first.name, "second": second.name, "overlap": {first.name: 0.0, second.name: 0.0},
+            "distances": None, "icp": None}
+    if not (len(first.local) and len(second.local) and near_boxes(first, second, distance)):
+        return {**pair, "verdict": TOO_LITTLE}
+    across_12, nearest_12 = surface_distances(first.local, second)
+    across_21, nearest_21 = surface_distances(second.local, first)
+    near_12, near_21 = nearest_12 <= distance, nearest_21 <= distance
+    shares = {first.name: float(near_12.mean()), second.name: float(near_21.mean())}
+    pair["overlap"] = shares
+    if max(shares.values()) < min_overlap or not near_12.any() or not near_21.any():
+        return {**pair, "verdict": TOO_LITTLE}
+    pair["distances"] = {"first_to_second": figures(across_12[near_12]),
+                         "second_to_first": figures(across_21[near_21])}
+    matrix, fitness, rmse = icp(second, first, distance)
+    overlap = second.local[near_21]
+    moved = overlap @ matrix[:3, :3].T + matrix[:3, 3] - overlap
+    centre = overlap.mean(axis=0)
+    pair["icp"] = {"translation": (matrix[:3, :3] @ centre + matrix[:3, 3] - centre).tolist(),
+                   "rotation_degrees": rotation_degrees(matrix),
+                   "moves_rms": float(np.sqrt(np.mean(np.sum(moved ** 2, axis=1)))),
+                   "fitness": fitness, "inlier_rmse": rmse, "matrix": matrix}
+    worst = max(pair["distances"]["first_to_second"]["median"], pair["distances"]["second_to_first"]["median"])
+    pair["verdict"] = DISAGREES if worst > tolerance or pair["icp"]["moves_rms"] > tolerance else AGREES
+    return pair
