@@ -67,7 +67,7 @@ class OverlapSink(Sink):
         return {}
 
     def open(self, item, info, staging):
-        return Thinning(SeenCells(self.options["cell"], self.label, info.bounds))
+        return Thinning(SeenCells(self.options["cell"], self.label, info.bounds, info.point_count))
 
     def finish(self, gathered, staging):
         from .check import check_overlap
