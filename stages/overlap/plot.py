@@ -43,6 +43,19 @@ def distance_colour(median, tolerance):
     return tuple(int(v) for v in table[min(255, round(255 * median / (2 * tolerance)))][:3])
 
 
+def label_place(ends, wide, high, taken):
+    """Where a line's label goes: the point along it nearest its middle whose label box covers no box in `taken`
+    (then taken too); the middle when there is none."""
+    (x1, y1), (x2, y2) = ends
+    for t in (0.5, 0.42, 0.58, 0.34, 0.66, 0.26, 0.74):
+        x, y = x1 + (x2 - x1) * t, y1 + (y2 - y1) * t
+        box = (x - wide / 2, y - high / 2, x + wide / 2, y + high / 2)
+        if not any(box[0] < r and l < box[2] and box[1] < b and t_ < box[3] for l, t_, r, b in taken):
+            taken.append(box)
+            return x, y
+    return (x1 + x2) / 2, (y1 + y2) / 2
+
+
 def plot_overlap(clouds, origin, pairs, tolerance, path, title):
     """Draws the picture into the PNG at `path` (clouds: pairs.Cloud in the site frame, `origin` its place in the
     points' frame; pairs: as measured, with item indexes "a" and "b"). Returns the layout (see preview.compose),
@@ -95,11 +108,15 @@ def plot_overlap(clouds, origin, pairs, tolerance, path, title):
         sheet.draw.line(ends, fill=colour + (255,), width=7)
         drawn.append({"first": pair["first"], "second": pair["second"], "ends": ends, "colour": list(colour),
                       "verdict": pair["verdict"]})
-    for pair, line in zip(joined, drawn):
-        (x1, y1), (x2, y2) = line["ends"]
-        fill = PROBLEM if pair["verdict"] == DISAGREES else (30, 30, 30, 255)
-        sheet.text(((x1 + x2) / 2, (y1 + y2) / 2), f"{worst_median(pair) * 1000:.1f} mm", size, fill=fill, anchor="mm")
     radius = max(5, size // 3)
+    taken = [(x - radius, y - radius, x + radius, y + radius) for x, y in filter(None, middles)]
+    for pair, line in zip(joined, drawn):
+        label = f"{worst_median(pair) * 1000:.1f} mm"
+        wide, high = sheet.measure(label, size), sheet.line_height(size)
+        at = label_place(line["ends"], wide, high, taken)
+        line["label"] = {"text": label, "box": [at[0] - wide / 2, at[1] - high / 2, wide, high]}
+        fill = PROBLEM if pair["verdict"] == DISAGREES else (30, 30, 30, 255)
+        sheet.text(at, label, size, fill=fill, anchor="mm")
     for cloud, middle, colour in zip(clouds, middles, colours):
         if middle is not None:
             x, y = middle
@@ -123,7 +140,9 @@ def plot_overlap(clouds, origin, pairs, tolerance, path, title):
     left, upper = layout["panels"][0]["box"][:2]
     layout["items"] = [{"name": c.name, "at": None if m is None else [left + m[0], upper + m[1]], "colour": list(col)}
                        for c, m, col in zip(clouds, middles, colours)]
-    layout["pairs"] = [{**line, "ends": [[left + x, upper + y] for x, y in line["ends"]]} for line in drawn]
+    layout["pairs"] = [{**line, "ends": [[left + x, upper + y] for x, y in line["ends"]],
+                        "label": {**line["label"], "box": [left + line["label"]["box"][0], upper + line["label"]["box"][1],
+                                                           *line["label"]["box"][2:]]}} for line in drawn]
     pixels = np.asarray(image)
     write_png(path, layer, [(layout["panels"][0]["box"], lambda start, stop: pixels[start:stop])], layout)
     return layout

@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.runner import Runner
 from stages.overlap import corrections as corrections_file
 from stages.overlap.adjust import adjust
-from tests.conftest import REPO, cli, make_las, write_config
+from tests.conftest import REPO, cli, demo_copy, make_las, write_config  # noqa: F401 (a fixture)
 
 spec = importlib.util.spec_from_file_location("make_building_data", REPO / "sample_configs/make_building_data.py")
 building = importlib.util.module_from_spec(spec)
@@ -117,7 +117,7 @@ def test_the_pairs_with_the_displaced_scan_disagree_by_the_true_distances_and_th
     residual = np.array(entries["scan_03"]["matrix"]) @ displacement  # the correction after the displacement
     assert rotation_degrees(residual) < 0.02
     points = truth["scans"][2]["points"]
-    assert np.abs(points @ residual[:3, :3].T + residual[:3, 3] - points).max() < 0.005
+    assert np.linalg.norm(points @ residual[:3, :3].T + residual[:3, 3] - points, axis=1).max() < 0.005
 
     # the second run, with the corrections kept as a file of the user's: every pair agrees
     accepted = tmp_path / "accepted.json"
@@ -191,10 +191,16 @@ def test_the_picture_joins_the_overlapping_pairs_coloured_by_their_distance(tmp_
         x, y = map(round, item["at"])
         assert pixels[y, x].tolist() == item["colour"] + [255]
     assert len(layout["pairs"]) == 6
-    for line in layout["pairs"]:  # a quarter of the way along each line: its colour (labels sit in the middle)
+    labels = [line["label"]["box"] for line in layout["pairs"]]
+    for line in layout["pairs"]:  # along each line, away from the dots and the labels: its colour
         (x1, y1), (x2, y2) = line["ends"]
-        x, y = round(x1 + (x2 - x1) / 4), round(y1 + (y2 - y1) / 4)
-        assert pixels[y, x].tolist()[:3] == line["colour"]
+        clear = [(x, y) for x, y in ((x1 + (x2 - x1) * t, y1 + (y2 - y1) * t) for t in np.linspace(0.15, 0.85, 15))
+                 if not any(l - 4 <= x <= l + w + 4 and t - 4 <= y <= t + h + 4 for l, t, w, h in labels)]
+        assert len(clear) >= 5
+        assert [pixels[round(y), round(x)].tolist()[:3] for x, y in clear].count(line["colour"]) >= len(clear) - 2
+    assert sorted(line["label"]["text"] for line in layout["pairs"]) == sorted(
+        f"{max(p['distances']['first_to_second']['median'], p['distances']['second_to_first']['median']) * 1000:.1f} mm"
+        for p in json.loads((tmp_path / "out/overlap.json").read_text())["pairs"])
     agreeing = [line for line in layout["pairs"] if line["verdict"] == "agrees"]
     assert all(line["colour"][1] > 120 and line["colour"][0] < 100 for line in agreeing)  # green: under 5 mm
 
@@ -281,3 +287,21 @@ def test_the_adjustment_holds_the_largest_agreeing_group_and_solves_a_chain_exac
     matrices, why = adjust(names, pairs[:2])  # no pair agrees: the first item is held, the rest follow
     assert why == {0: "the earliest of a group that overlaps no item held fixed", 3: "overlaps no other item"}
     assert np.allclose(matrices[1], np.linalg.inv(move), atol=1e-12) and np.allclose(matrices[2], np.eye(4))
+
+
+def test_the_sample_config_shows_the_disagreement_offline_and_its_data_and_picture_are_up_to_date(tmp_path,
+                                                                                                 demo_copy):
+    done = cli("run", demo_copy / "overlap.yaml", "-q")
+    assert done.returncode == 0, done.stderr
+    out = demo_copy.parent / "out/overlap"
+    report = json.loads((out / "overlap.json").read_text())
+    assert report["summary"] == {"pairs": 6, "agree": 3, "disagree": 3, "too_little_overlap": 0}
+    assert sorted(f"{p['first']} and {p['second']} disagree" for p in report["pairs"] if p["verdict"] == "disagrees") \
+        == [line.split(": ", 2)[2].split(":")[0] for line in done.stderr.splitlines() if line.startswith("warning")]
+    # the README shows this picture, and the committed data is what the script makes
+    assert (out / "overlap.png").read_bytes() == (REPO / "sample_configs/overlap.png").read_bytes()
+    building.make(tmp_path / "made")
+    committed = REPO / "sample_configs/data/building"
+    assert sorted(p.name for p in committed.iterdir()) == sorted(p.name for p in (tmp_path / "made").iterdir())
+    for path in committed.iterdir():
+        assert path.read_bytes() == (tmp_path / "made" / path.name).read_bytes(), path.name
