@@ -18,12 +18,15 @@ the same capture without the mistake (the tests use both).
 """
 import datetime
 import json
+import sys
 from pathlib import Path
 
 import laspy
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from make_demo_data import pose, row_major  # noqa: E402 (the demo's generator, beside this one)
 DENSITY = 250  # points per square metre of surface, in each scan
 NOISE = 0.002  # metres, across the surface
 REACH = 6.5  # metres: what a scan holds around its pano
@@ -35,15 +38,6 @@ CAPTURE_ID, GROUP_ID, FIRST_SUB_ID = 4321, 7100, 7101
 DISPLACED = 2  # scan_03
 DISPLACEMENT_DEGREES, DISPLACEMENT_AXIS = 0.3, (0.2, -0.3, 1.0)
 DISPLACEMENT_MOVE = (0.03, -0.04, 0.0)  # metres: 5 cm
-
-
-def pose(degrees, translation):
-    """A rotation about Z followed by a translation, as a 4×4 matrix."""
-    angle = np.radians(degrees)
-    matrix = np.eye(4)
-    matrix[:2, :2] = [[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]]
-    matrix[:3, 3] = translation
-    return matrix
 
 
 def rotation(axis, degrees):
@@ -140,10 +134,6 @@ def listing_item(identifier, name, kind, parent, prop):
                   "updated_at": "2026-11-01T10:00:00Z", "ply_uploaded_at": None,
                   "meta": {"prop": prop, "potree": {}}}
     return {"id": str(identifier), "type": "pointcloud", "attributes": attributes}
-
-
-def row_major(matrix):
-    return [float(v) for v in np.asarray(matrix).reshape(-1)]
 
 
 def make(folder, displaced=True, density=DENSITY, seed=20261129):

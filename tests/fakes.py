@@ -139,7 +139,8 @@ class TotalsSink(Sink):
     """A gathering sink: each item's writer keeps its point count and process id; `finish` writes them as one
     line per item to `path`, or fails with `fail: true`."""
 
-    options = (Option("path", path(), "the totals file"), Option("fail", text(), "yes to fail at the end", default="no"))
+    options = (Option("path", path(), "the totals file"),
+               Option("fail", text(), "yes to fail at the end", default="no"))
     gathers = True
 
     def outputs(self):

@@ -3,11 +3,11 @@
 Some items are held fixed (their correction is the identity): the largest group of items joined by pairs that
 agree (ties: the group of the earliest item), and the items the user names in `fixed`. Every other item is
 moved so that, for every measured pair (a, b) whose ICP brings b onto a by T, C_a · T · C_b⁻¹ is as near the
-identity as least squares weighted by the pair's overlap (its points in it) allow: Gauss-Newton on the corrections, each step solving for small motions
-(a rotation vector and a translation per item) over the graph of pairs, until the steps are below a
-micrometre. A group of items joined to no fixed item by any measured pair has its earliest item held
-fixed too, and the reason is recorded. Works in the site frame of pairs.py (rotations about a point near
-the scans).
+identity as least squares weighted by the pair's overlap (its points in it) allow: Gauss-Newton on the
+corrections, each step solving for small motions (a rotation vector and a translation per item) over the
+graph of pairs, until the steps are below a micrometre. A group of items joined to no fixed item by any
+measured pair has its earliest item held fixed too, and the reason is recorded. Works in the site frame of
+pairs.py (rotations about a point near the scans).
 """
 import numpy as np
 
@@ -79,7 +79,8 @@ def adjust(names, pairs, pinned=()):
     """The corrections (site frame) of every item and why each item is held fixed, if it is.
 
     `pairs`: dicts with item indexes "a" and "b", "verdict", and for the pairs measured "matrix" (the ICP 4×4
-    bringing b onto a) and "weight" (the points of their overlap: a small overlap fixes ICP less well). Returns ([4×4 per item], {item: reason held fixed})."""
+    bringing b onto a) and "weight" (the points of their overlap: a small overlap fixes ICP less well).
+    Returns ([4×4 per item], {item: reason held fixed})."""
     count = len(names)
     measured = [p for p in pairs if p.get("matrix") is not None]
     why = held_fixed(names, pairs, set(pinned))

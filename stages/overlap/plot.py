@@ -140,9 +140,11 @@ def plot_overlap(clouds, origin, pairs, tolerance, path, title):
     left, upper = layout["panels"][0]["box"][:2]
     layout["items"] = [{"name": c.name, "at": None if m is None else [left + m[0], upper + m[1]], "colour": list(col)}
                        for c, m, col in zip(clouds, middles, colours)]
-    layout["pairs"] = [{**line, "ends": [[left + x, upper + y] for x, y in line["ends"]],
-                        "label": {**line["label"], "box": [left + line["label"]["box"][0], upper + line["label"]["box"][1],
-                                                           *line["label"]["box"][2:]]}} for line in drawn]
+    for line in drawn:  # in the picture's pixels
+        line["ends"] = [[left + x, upper + y] for x, y in line["ends"]]
+        x, y, w, h = line["label"]["box"]
+        line["label"]["box"] = [left + x, upper + y, w, h]
+    layout["pairs"] = drawn
     pixels = np.asarray(image)
     write_png(path, layer, [(layout["panels"][0]["box"], lambda start, stop: pixels[start:stop])], layout)
     return layout

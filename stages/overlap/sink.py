@@ -22,8 +22,10 @@ class OverlapSink(Sink):
     writes a JSON report, and optionally a picture and the corrections a global adjustment would apply."""
 
     options = (
-        Option("path", template(), "the JSON report (items, pairs, figures, verdicts, options), e.g. out/overlap.json"),
-        Option("cell", number(), "metres: each item is thinned to the first point of each cell of this size", default=0.05),
+        Option("path", template(), "the JSON report (items, pairs, figures, verdicts, options), e.g. "
+               "out/overlap.json"),
+        Option("cell", number(), "metres: each item is thinned to the first point of each cell of this size",
+               default=0.05),
         Option("distance", number(), "metres: a point within this distance of the other item is in the overlap; "
                "also ICP's correspondence distance", default=0.10),
         Option("min_overlap", number(minimum=0, maximum=1), "the share of an item's points in the overlap below "

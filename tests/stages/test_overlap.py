@@ -14,7 +14,7 @@ from pipeline.errors import PipelineError
 from pipeline.runner import Runner
 from stages.overlap import corrections as corrections_file
 from stages.overlap.adjust import adjust
-from tests.conftest import REPO, cli, demo_copy, make_las, write_config  # noqa: F401 (a fixture)
+from tests.conftest import REPO, cli, make_las, write_config
 
 spec = importlib.util.spec_from_file_location("make_building_data", REPO / "sample_configs/make_building_data.py")
 building = importlib.util.module_from_spec(spec)
@@ -236,7 +236,8 @@ def test_a_failing_check_fails_the_run_and_leaves_no_output(tmp_path, capture):
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capture, option, value, message):
     data, _ = capture
-    body = CONFIG.format(data=data).replace("        tag: overlap\n", f"        tag: overlap\n        {option}: {value}\n")
+    body = CONFIG.format(data=data).replace("        tag: overlap\n",
+                                            f"        tag: overlap\n        {option}: {value}\n")
     body = body.replace(f"        {option}: out/overlap.json\n", "").replace("        plot: out/overlap.png\n", "") \
         if option in ("path", "plot") else body
     done = cli("validate", write_config(tmp_path, body))
