@@ -105,14 +105,14 @@ def rotation_degrees(matrix):
 
 def measure(first, second, distance, min_overlap, tolerance):
     """Everything the report says of one pair; the ICP matrix (site frame) under "matrix" when it ran."""
-    pair = {"first": first.name, "second": second.name, "overlap": {first.name: 0.0, second.name: 0.0},
+    pair = {"first": first.name, "second": second.name, "overlap": {"first": 0.0, "second": 0.0},
             "distances": None, "icp": None}
     if not (len(first.local) and len(second.local) and near_boxes(first, second, distance)):
         return {**pair, "verdict": TOO_LITTLE}
     across_12, nearest_12 = surface_distances(first.local, second)
     across_21, nearest_21 = surface_distances(second.local, first)
     near_12, near_21 = nearest_12 <= distance, nearest_21 <= distance
-    shares = {first.name: float(near_12.mean()), second.name: float(near_21.mean())}
+    shares = {"first": float(near_12.mean()), "second": float(near_21.mean())}
     pair["overlap"] = shares
     if max(shares.values()) < min_overlap or not near_12.any() or not near_21.any():
         return {**pair, "verdict": TOO_LITTLE}

@@ -173,7 +173,7 @@ def test_scans_that_do_not_overlap_have_too_little_overlap_to_say(tmp_path, regi
     pairs = by_names(report)
     assert pairs[("a", "b")]["verdict"] == "agrees"
     for key in (("a", "c"), ("b", "c")):
-        assert pairs[key] == {"first": key[0], "second": key[1], "overlap": {key[0]: 0.0, key[1]: 0.0},
+        assert pairs[key] == {"first": key[0], "second": key[1], "overlap": {"first": 0.0, "second": 0.0},
                               "distances": None, "icp": None, "verdict": "too little overlap"}
     assert [item["thinned_points"] <= item["points"] == 8000 for item in report["items"]] == [True] * 3
 
