@@ -76,6 +76,32 @@ def make_las(path, xyz, scale=0.001, offset=None, point_format=3, version="1.2",
     return path
 
 
+def survey_las(path, xyz, rng, scale=0.001, classes=31, **fields):
+    """Survey points as LAS 1.2 point format 3, with random GPS time, intensity, classification (0 to
+    `classes` - 1), red and return number, and any other `fields`."""
+    count = len(xyz)
+    return make_las(path, xyz, scale=scale, point_format=3, gps_time=rng.uniform(0, 1e6, count),
+                    intensity=rng.integers(0, 65535, count), classification=rng.integers(0, classes, count),
+                    red=rng.integers(0, 65535, count), return_number=rng.integers(1, 5, count), **fields)
+
+
+def through(folder, registry, stage, options, chunk_size=65536, name="in.las", sink="las", before=""):
+    """Runs source.files (`name`, `chunk_size`) -> `before` (stages as YAML text) -> `stage` with `options` (YAML
+    text for each) -> sink.`sink`; the item results and the output's path."""
+    lines = "".join(f"            {key}: {value}\n" for key, value in options.items())
+    results = run(folder, registry, f"""
+        version: 1
+        stages:
+          - type: source.files
+            paths: [{name}]
+            chunk_size: {chunk_size}
+{before}          - type: {stage}
+{lines}          - type: sink.{sink}
+            path: out/{{name}}.{sink}
+    """)
+    return results, folder / "out" / f"{name.rsplit('.', 1)[0]}.{sink}"
+
+
 @pytest.fixture
 def demo_copy(tmp_path):
     """sample_configs copied into tmp_path, so a run writes nothing into the repository."""

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from stages.crop import Polygon, check_rings
-from tests.conftest import make_las, run
+from tests.conftest import make_las, survey_las, through
 
 COUNT = 5000
 X0, Y0 = 500_000, 4_000_000
@@ -20,27 +20,13 @@ X0, Y0 = 500_000, 4_000_000
 def survey(tmp_path):
     rng = np.random.default_rng(12)
     xyz = rng.uniform([X0, Y0, 10], [X0 + 100, Y0 + 100, 40], (COUNT, 3))
-    make_las(tmp_path / "in.las", xyz, point_format=3, gps_time=rng.uniform(0, 1e6, COUNT),
-             intensity=rng.integers(0, 65535, COUNT), classification=rng.integers(0, 31, COUNT),
-             red=rng.integers(0, 65535, COUNT), return_number=rng.integers(1, 5, COUNT))
+    survey_las(tmp_path / "in.las", xyz, rng)
     return tmp_path
 
 
-def cropped(folder, registry, options, chunk_size=65536, before="", name="in.las"):
-    """Runs source -> (before) -> transform.crop with `options` (YAML text for each) -> sink.las."""
-    lines = "".join(f"            {key}: {value}\n" for key, value in options.items())
-    results = run(folder, registry, f"""
-        version: 1
-        stages:
-          - type: source.files
-            paths: [{name}]
-            chunk_size: {chunk_size}
-{before}          - type: transform.crop
-{lines}          - type: sink.las
-            path: out/{{name}}.las
-    """)
-    out = folder / "out" / name
-    return results, out
+def cropped(folder, registry, options, chunk_size=65536, **run_options):
+    """Runs source -> transform.crop with `options` (YAML text for each) -> sink.las (see conftest.through)."""
+    return through(folder, registry, "transform.crop", options, chunk_size, **run_options)
 
 
 def assert_kept(folder, registry, options, mask, chunk_size):

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from stages import neighbourhoods
-from tests.conftest import make_las, run
+from tests.conftest import make_las, survey_las, through
 from tests.stages.test_voxel import vlr_keys
 
 COUNT = 6000
@@ -38,9 +38,7 @@ def survey(tmp_path):
     exactly the same distance from it, so every KD-tree finds the same neighbours."""
     rng = np.random.default_rng(31)
     xyz = surfaces(COUNT, rng)
-    make_las(tmp_path / "in.las", xyz, scale=1e-6, point_format=3, gps_time=rng.uniform(0, 1e6, COUNT),
-             intensity=rng.integers(0, 65535, COUNT), classification=rng.integers(0, 31, COUNT),
-             red=rng.integers(0, 65535, COUNT), return_number=rng.integers(1, 5, COUNT))
+    survey_las(tmp_path / "in.las", xyz, rng, scale=1e-6)
     return tmp_path
 
 
@@ -49,19 +47,8 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(neighbourhoods, "TILE_POINTS", 300)
 
 
-def with_normals(folder, registry, options, chunk_size=65536, name="in.las", sink="las", before=""):
-    lines = "".join(f"            {key}: {value}\n" for key, value in options.items())
-    results = run(folder, registry, f"""
-        version: 1
-        stages:
-          - type: source.files
-            paths: [{name}]
-            chunk_size: {chunk_size}
-{before}          - type: transform.normals
-{lines}          - type: sink.{sink}
-            path: out/{{name}}.{sink}
-    """)
-    return results, folder / "out" / f"{name.rsplit('.', 1)[0]}.{sink}"
+def with_normals(folder, registry, options, chunk_size=65536, **run_options):
+    return through(folder, registry, "transform.normals", options, chunk_size, **run_options)
 
 
 def coordinates(data):

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.errors import ConfigError, StageError
 from stages import neighbourhoods
-from tests.conftest import make_las, run
+from tests.conftest import make_las, survey_las, through
 from tests.stages.test_normals import surfaces
 from tests.stages.test_voxel import vlr_keys
 
@@ -25,10 +25,8 @@ def survey(tmp_path):
     rng = np.random.default_rng(41)
     noise = rng.uniform([X0, Y0, 20], [X0 + 40, Y0 + 40, 45], (COUNT // 20, 3))
     xyz = np.concatenate([surfaces(COUNT - len(noise), rng), noise])[rng.permutation(COUNT)]
-    make_las(tmp_path / "in.las", xyz, point_format=3, gps_time=rng.uniform(0, 1e6, COUNT),
-             intensity=rng.integers(0, 65535, COUNT), classification=rng.integers(0, 5, COUNT),
-             red=rng.integers(0, 65535, COUNT), return_number=rng.integers(1, 5, COUNT),
-             synthetic=rng.integers(0, 2, COUNT), withheld=rng.integers(0, 2, COUNT))
+    survey_las(tmp_path / "in.las", xyz, rng, classes=5, synthetic=rng.integers(0, 2, COUNT),
+               withheld=rng.integers(0, 2, COUNT))
     return tmp_path
 
 
@@ -37,19 +35,8 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(neighbourhoods, "TILE_POINTS", 250)
 
 
-def cleaned(folder, registry, options, chunk_size=65536, name="in.las", sink="las"):
-    lines = "".join(f"            {key}: {value}\n" for key, value in options.items())
-    results = run(folder, registry, f"""
-        version: 1
-        stages:
-          - type: source.files
-            paths: [{name}]
-            chunk_size: {chunk_size}
-          - type: transform.outliers
-{lines}          - type: sink.{sink}
-            path: out/{{name}}.{sink}
-    """)
-    return results, folder / "out" / f"{name.rsplit('.', 1)[0]}.{sink}"
+def cleaned(folder, registry, options, chunk_size=65536, **run_options):
+    return through(folder, registry, "transform.outliers", options, chunk_size, **run_options)
 
 
 def open3d_kept(path, method, **options):

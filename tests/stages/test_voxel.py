@@ -11,7 +11,7 @@ import pytest
 from pipeline.errors import ConfigError, StageError
 from stages import neighbourhoods
 from stages.voxel import HashedCells, SeenCells, VoxelTransform
-from tests.conftest import make_las, run
+from tests.conftest import make_las, survey_las, through
 
 COUNT = 6000
 X0, Y0 = 500_000, 4_000_000
@@ -23,9 +23,7 @@ def survey(tmp_path):
     rng = np.random.default_rng(21)
     centres = rng.uniform([X0, Y0, 10], [X0 + 60, Y0 + 60, 25], (400, 3))
     xyz = centres[rng.integers(0, len(centres), COUNT)] + rng.normal(0, 0.6, (COUNT, 3))
-    make_las(tmp_path / "in.las", xyz, point_format=3, gps_time=rng.uniform(0, 1e6, COUNT),
-             intensity=rng.integers(0, 65535, COUNT), classification=rng.integers(0, 31, COUNT),
-             red=rng.integers(0, 65535, COUNT), return_number=rng.integers(1, 5, COUNT))
+    survey_las(tmp_path / "in.las", xyz, rng)
     return tmp_path
 
 
@@ -35,19 +33,8 @@ def small_tiles(monkeypatch):
     monkeypatch.setattr(neighbourhoods, "TILE_POINTS", 150)
 
 
-def voxelised(folder, registry, options, chunk_size=65536, name="in.las", sink="las", before=""):
-    lines = "".join(f"            {key}: {value}\n" for key, value in options.items())
-    results = run(folder, registry, f"""
-        version: 1
-        stages:
-          - type: source.files
-            paths: [{name}]
-            chunk_size: {chunk_size}
-{before}          - type: transform.voxel
-{lines}          - type: sink.{sink}
-            path: out/{{name}}.{sink}
-    """)
-    return results, folder / "out" / f"{name.rsplit('.', 1)[0]}.{sink}"
+def voxelised(folder, registry, options, chunk_size=65536, **run_options):
+    return through(folder, registry, "transform.voxel", options, chunk_size, **run_options)
 
 
 def coordinates(data):
