@@ -4,14 +4,16 @@
     python tests/perf/bench.py --points 40000000 --cases las
     python tests/perf/bench.py --points 2000000 --repeat 1   # a quick look
     python tests/perf/bench.py --cases xyzin,ptsin          # text inputs against numpy.loadtxt and pandas
+    python tests/perf/bench.py --cases overlap              # 20 scans of 2M points into sink.overlap (#18)
 
 The input is generated deterministically (LAS 1.4, point format 7, offsets near 300 000 / 4 000 000 / 50,
 scale 0.001); the `stages` case also thins a second one, a scanned surface (GENERATE_SURFACE), with voxel
-`first`. Each case runs the pipeline and its reference in alternation, `--repeat` times, as separate
-processes; the best time of each is kept (the machine is noisy) and peak RSS is the child's ru_maxrss.
-"stolen CPU s" is the CPU time the hypervisor gave to other machines during the best runs (from
-/proc/stat); runs that lost more than MAX_STOLEN are repeated (up to MAX_REPEAT times) and count only
-when no quiet run exists: a row whose stolen time is not near 0 was slowed by the host, not by the code.
+`first`, and the `overlap` case makes its own, 20 overlapping scans of one site (GENERATE_SITE). Each case
+runs the pipeline and its reference in alternation, `--repeat` times, as separate processes; the best time
+of each is kept (the machine is noisy) and peak RSS is the child's ru_maxrss. "stolen CPU s" is the CPU time
+the hypervisor gave to other machines during the best runs (from /proc/stat); runs that lost more than
+MAX_STOLEN are repeated (up to MAX_REPEAT times) and count only when no quiet run exists: a row whose stolen
+time is not near 0 was slowed by the host, not by the code.
 This is a benchmark, not a test: it asserts nothing and is not collected by pytest.
 """
 import argparse
@@ -315,6 +317,141 @@ def previews(args, folder, source, pipeline):
               f"stolen CPU s {result[2]:.2f}", flush=True)
 
 
+# 20 scans of one 60 m x 40 m site, as a Cupix capture of a floor gives them: a floor, outer walls and partitions
+# 3 m high, columns every 6 m and 40 boxes turned every way (so that any overlap fixes all six degrees of freedom),
+# each scan holding the surfaces within 10 m of its position on a 5 x 4 grid (12 m x 10 m apart: it shares 27-46%
+# of its thinned points with the scans beside it, 10-17% with those across a corner), sampled uniformly with 2 mm
+# of noise, in the order a turning scanner gives them; the eighth (site_COUNT_07) is registered 3 cm and 0.2
+# degrees off, so that its 8 pairs disagree. LAS 1.4 format 6, one file a scan: site_COUNT_NN.las
+GENERATE_SITE = """
+import sys, laspy, numpy as np
+count, folder = int(sys.argv[1]), sys.argv[2]
+SITE, REACH, NOISE, HEIGHT = (60.0, 40.0), 10.0, 0.002, 3.0
+rng = np.random.default_rng(18)
+
+def turned(degrees):
+    a = np.radians(degrees)
+    return np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
+
+def box(cx, cy, sx, sy, height, heading):
+    # the five faces a scan sees, each as (corner, edge u, edge v, normal)
+    turn, centre, size, faces = turned(heading), np.array([cx, cy, 0]), (sx, sy), []
+    for axis, sign in ((0, 1), (0, -1), (1, 1), (1, -1)):
+        corner, along, normal = np.zeros(3), np.zeros(3), np.zeros(3)
+        corner[axis], corner[1 - axis] = sign * size[axis] / 2, -size[1 - axis] / 2
+        along[1 - axis], normal[axis] = size[1 - axis], sign
+        faces.append((centre + turn @ corner, turn @ along, np.array([0, 0, height]), turn @ normal))
+    faces.append((centre + turn @ np.array([-sx / 2, -sy / 2, height]), turn @ np.array([sx, 0, 0]),
+                  turn @ np.array([0, sy, 0]), np.array([0, 0, 1.0])))
+    return faces
+
+solids = [(30, 0, 60, 0.2, HEIGHT, 0), (30, 40, 60, 0.2, HEIGHT, 0), (0, 20, 0.2, 40, HEIGHT, 0),
+          (60, 20, 0.2, 40, HEIGHT, 0)]
+solids += [(x, y, 0.15, 8, HEIGHT, 0) for x in (12, 24, 36, 48) for y in (5, 35)]
+solids += [(x, 20, 8, 0.15, HEIGHT, 0) for x in (6, 30, 54)]
+solids += [(x, y, 0.4, 0.4, HEIGHT, 0) for x in range(6, 60, 6) for y in (12, 28)]
+solids += [(rng.uniform(2, 58), rng.uniform(2, 38), rng.uniform(0.5, 2), rng.uniform(0.5, 2), rng.uniform(0.6, 1.8),
+            rng.uniform(0, 90)) for _ in range(40)]
+faces = [face for solid in solids for face in box(*solid)]
+header = laspy.LasHeader(version="1.4", point_format=6)
+header.scales = np.array([0.001] * 3)
+header.offsets = np.array([300000.0, 4000000.0, 50.0])
+for number, (px, py) in enumerate([(x, y) for y in (5, 15, 25, 35) for x in (6, 18, 30, 42, 54)]):
+    # the floor's square around the scan, and the faces that come within REACH of it
+    low, high = np.maximum((px - REACH, py - REACH), 0), np.minimum((px + REACH, py + REACH), SITE)
+    near = [(np.array([*low, 0]), np.array([high[0] - low[0], 0, 0]), np.array([0, high[1] - low[1], 0]),
+             np.array([0, 0, 1.0]))]
+    for o, u, v, n in faces:
+        corners = np.array([o, o + u, o + v, o + u + v])[:, :2]
+        nearest = np.clip((px, py), corners.min(axis=0), corners.max(axis=0))
+        if np.hypot(*(nearest - (px, py))) < REACH:
+            near.append((o, u, v, n))
+    o, u, v, n = (np.array([face[k] for face in near]) for k in range(4))
+    area = np.linalg.norm(np.cross(u, v), axis=1)
+    parts, held = [], 0
+    while held < count:  # uniform over the surfaces, kept within REACH of the scan and inside the walls
+        which = rng.choice(len(near), size=count, p=area / area.sum())
+        s, t = rng.random((2, count, 1))
+        xyz = o[which] + s * u[which] + t * v[which] + rng.normal(0, NOISE, (count, 1)) * n[which]
+        inside = (xyz[:, 0] >= 0) & (xyz[:, 0] <= SITE[0]) & (xyz[:, 1] >= 0) & (xyz[:, 1] <= SITE[1])
+        xyz = xyz[inside & (np.hypot(xyz[:, 0] - px, xyz[:, 1] - py) < REACH)]
+        parts.append(xyz)
+        held += len(xyz)
+    xyz = np.concatenate(parts)[:count]
+    xyz = xyz[np.argsort(np.arctan2(xyz[:, 1] - py, xyz[:, 0] - px), kind="stable")]  # as a turning scanner
+    if number == 7:  # registered 3 cm and 0.2 degrees off
+        centre = np.array([px, py, 1.5])
+        xyz = (xyz - centre) @ turned(0.2).T + centre + (0.03, 0, 0)
+    las = laspy.LasData(header)
+    # the floor at 48.48 m: inside a layer of 5 cm cells, as a level floor mostly is
+    las.x, las.y, las.z = xyz[:, 0] + 300000, xyz[:, 1] + 4000000, xyz[:, 2] + 48.48
+    las.intensity = rng.integers(0, 65535, count)
+    las.gps_time = number * 1000 + np.arange(count) * 1e-5
+    las.write(f"{folder}/site_{count}_{number:02d}.las")
+"""
+
+# the script a user writes to check the scans' overlap, with sink.overlap's defaults: each scan read with laspy and
+# thinned with open3d (5 cm cells), then each pair whose boxes meet: the nearest-neighbour distances both ways and,
+# when 5% of either is within 10 cm, pairs.py's two rounds of point-to-plane ICP (10 cm then 2.5 cm, normals of
+# 16 neighbours)
+OPEN3D_OVERLAP = """
+import json, sys, laspy, numpy as np, open3d as o3d
+cell, distance, target, paths = 0.05, 0.10, sys.argv[1], sys.argv[2:]
+registration = o3d.pipelines.registration
+criteria = registration.ICPConvergenceCriteria(relative_fitness=1e-9, relative_rmse=1e-9, max_iteration=100)
+origin, clouds = None, []
+for path in paths:
+    las = laspy.read(path)
+    xyz = np.column_stack([las.x, las.y, las.z])
+    origin = np.floor(xyz.min(axis=0)) if origin is None else origin
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(xyz - origin)).voxel_down_sample(cell)
+    cloud.estimate_normals(o3d.geometry.KDTreeSearchParamKNN(16))
+    clouds.append(cloud)
+pairs = []
+for a, first in enumerate(clouds):
+    for b in range(a + 1, len(clouds)):
+        second = clouds[b]
+        if np.any(first.get_min_bound() - distance > second.get_max_bound()) or np.any(
+                second.get_min_bound() - distance > first.get_max_bound()):
+            continue
+        there = np.asarray(first.compute_point_cloud_distance(second))
+        back = np.asarray(second.compute_point_cloud_distance(first))
+        if max(np.mean(there <= distance), np.mean(back <= distance)) < 0.05:
+            continue
+        matrix = np.eye(4)
+        for reach in (distance, distance * 0.25):
+            result = registration.registration_icp(second, first, reach, matrix,
+                                                   registration.TransformationEstimationPointToPlane(), criteria)
+            matrix = result.transformation
+        pairs.append({"first": paths[a], "second": paths[b], "median": [float(np.median(there[there <= distance])),
+                      float(np.median(back[back <= distance]))], "matrix": np.asarray(matrix).tolist()})
+with open(target, "w") as handle:
+    json.dump(pairs, handle)
+"""
+
+
+def overlap(args, folder, pipeline):
+    """20 scans of one site (GENERATE_SITE) into sink.overlap with its defaults, --jobs 1 and 2, in alternation with
+    the open3d script (OPEN3D_OVERLAP)."""
+    inputs = [folder / f"site_{args.overlap_points}_{n:02d}.las" for n in range(20)]
+    if not all(path.exists() for path in inputs):
+        subprocess.run([sys.executable, "-c", GENERATE_SITE, str(args.overlap_points), str(folder)], check=True)
+    ours = folder / "overlap.yaml"
+    ours.write_text(f"version: 1\nstages:\n  - type: source.files\n    paths: {json.dumps([str(p) for p in inputs])}\n"
+                    f"  - type: sink.overlap\n    path: {json.dumps(str(folder / 'out' / 'overlap.json'))}\n")
+    reference = folder / "reference.json"
+    one, two, script = best_of(args.repeat, [pipeline + ["run", "-q", "--jobs", "1", str(ours)],
+                                             pipeline + ["run", "-q", "--jobs", "2", str(ours)],
+                                             [sys.executable, "-c", OPEN3D_OVERLAP, str(reference), *inputs]],
+                               outputs=[folder / "out", reference])
+    name = f"20 x {args.overlap_points / 1e6:g}M points -> sink.overlap"
+    for label, run, target in ((name, one, ">= 1x, < 1500 MB"),
+                               ("  the same with --jobs 2", two, ">= 1x (MB: its largest process)")):
+        print(f"{label:<34} pipeline {run[0]:6.1f} s {run[1]:7.0f} MB | open3d script {script[0]:6.1f} s "
+              f"{script[1]:7.0f} MB | ratio {script[0] / run[0]:5.2f}x | target {target} | "
+              f"stolen CPU s {run[2]:.2f}/{script[2]:.2f}", flush=True)
+
+
 def best_of(repeat, commands, outputs=()):
     """Runs the commands in alternation; for each, the best time, the largest peak and the CPU time stolen
     during the best run. Runs during which the host stole more than MAX_STOLEN seconds of CPU do not count
@@ -395,8 +532,10 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--points", type=int, default=10_000_000)
     parser.add_argument("--repeat", type=int, default=2)
-    parser.add_argument("--cases", default="startup,las,stages,preview,laz,ply,plyin,xyzin,ptsin,jobs,dask")
+    parser.add_argument("--cases", default="startup,las,stages,preview,laz,ply,plyin,xyzin,ptsin,jobs,dask,overlap")
     parser.add_argument("--text-points", type=int, default=2_000_000, help="points of the XYZ and PTS inputs (xyzin, ptsin)")
+    parser.add_argument("--overlap-points", type=int, default=2_000_000,
+                        help="points of each of the 20 scans (overlap)")
     parser.add_argument("--workdir", help="keep inputs here (default: a temporary folder)")
     args = parser.parse_args()
     cases = set(args.cases.split(","))
@@ -475,6 +614,8 @@ def main():
                   flush=True)
     if "dask" in cases:
         dask_case(args, folder, [p for p, _ in sets["8 x 2M"]], pipeline)
+    if "overlap" in cases:
+        overlap(args, folder, pipeline)
 
 
 def dask_case(args, folder, inputs, pipeline):
