@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Results:
     items: list  # run_item.ItemResult, in item order
-    merged: list = field(default_factory=list)  # what the report says of the files of merging sinks
+    merged: list = field(default_factory=list)  # what the report says of the files of all items (merging, gathering)
     executor: dict = field(default_factory=dict)  # what ran the tasks (Executor.describe)
 
 
