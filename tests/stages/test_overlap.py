@@ -126,7 +126,11 @@ def test_the_pairs_with_the_displaced_scan_disagree_by_the_true_distances_and_th
     corrected = write_config(tmp_path, CONFIG.format(data=data).replace(
         "        check_world: error\n", f"        check_world: error\n        corrections: {accepted}\n"))
     runner = Runner(config.load(corrected, registry), registry)
-    runner.run(runner.plan())
+    results = runner.run(runner.plan())
+    step = results.items[2].applied[-1]  # the report's record of scan_03's alignment: the correction, then all
+    assert step["alignment"]["correction"] == {"file": str(accepted), "matrix": entries["scan_03"]["matrix"]}
+    assert np.allclose(step["matrix"], np.array(entries["scan_03"]["matrix"]) @ np.array(step["alignment"]["world"]),
+                       rtol=0, atol=1e-9)
     after = json.loads((tmp_path / "out/overlap.json").read_text())
     assert [pair["verdict"] for pair in after["pairs"]] == ["agrees"] * 6
     assert max(max(p["distances"]["first_to_second"]["median"], p["distances"]["second_to_first"]["median"])
