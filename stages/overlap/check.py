@@ -2,6 +2,7 @@
 the run failed if asked, and the report, the corrections and the picture written through the run's staging."""
 import json
 import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,7 @@ def check_overlap(label, options, gathered, staging):
                           "disagree": counts[pairs.DISAGREES], "too_little_overlap": counts[pairs.TOO_LITTLE]}}
     files = {}
     path = Path(options["path"].format())
-    staging.create(path).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    staging.create(path).write_text(as_text(report), encoding="utf-8")
     files[str(path)] = dict(report["summary"])
     if options["corrections"] is not None:
         graph = [{"a": p["a"], "b": p["b"], "verdict": p["verdict"], "matrix": p["icp"] and p["icp"]["matrix"],
@@ -57,7 +58,7 @@ def check_overlap(label, options, gathered, staging):
                     **adjust.described(matrix, clouds[number].local.mean(axis=0) if len(xyz) else np.zeros(3))}
                    for number, ((item, _), matrix, xyz) in enumerate(zip(gathered, matrices, kept))]
         target = Path(options["corrections"].format())
-        staging.create(target).write_text(corrections.dumps(entries), encoding="utf-8")
+        staging.create(target).write_text(as_text(corrections.document(entries)), encoding="utf-8")
         files[str(target)] = {"moved": sum(1 for e in entries if e["held_fixed"] is None)}
     if options["plot"] is not None:
         from .plot import plot_overlap
@@ -65,6 +66,15 @@ def check_overlap(label, options, gathered, staging):
         plot_overlap(clouds, origin, measured, options["tolerance"], staging.create(target), title=path.stem)
         files[str(target)] = {}
     return files
+
+
+NUMBERS = re.compile(r"\[\s*(-?[0-9][-+.0-9eE]*(?:,\s*-?[0-9][-+.0-9eE]*)*)\s*\]")
+
+
+def as_text(document):
+    """JSON with two-space indents, but a list of numbers on one line: a matrix reads as its four rows."""
+    text = json.dumps(document, indent=2)
+    return NUMBERS.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text) + "\n"
 
 
 def site_origin(clouds):

@@ -18,8 +18,8 @@ ABOUT = ("Corrections from sink.overlap: per item, the 4x4 (rows; translation in
 ORTHONORMAL = 1e-6
 
 
-def dumps(entries):
-    return json.dumps({"about": ABOUT, "items": entries}, indent=2) + "\n"
+def document(entries):
+    return {"about": ABOUT, "items": entries}
 
 
 def read(path, option="corrections"):
