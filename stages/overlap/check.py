@@ -72,7 +72,20 @@ NUMBERS = re.compile(r"\[\s*(-?[0-9][-+.0-9eE]*(?:,\s*-?[0-9][-+.0-9eE]*)*)\s*\]
 
 
 def as_text(document):
-    """JSON with two-space indents, but a list of numbers on one line: a matrix reads as its four rows."""
+    """JSON with two-space indents, but a list of numbers on one line: a matrix reads as its four rows.
+
+    >>> print(as_text({"matrix": [[1.0, -2.5e-05], [0.0, 1.0]], "names": ["a", "b"]}), end="")
+    {
+      "matrix": [
+        [1.0, -2.5e-05],
+        [0.0, 1.0]
+      ],
+      "names": [
+        "a",
+        "b"
+      ]
+    }
+    """
     text = json.dumps(document, indent=2)
     return NUMBERS.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text) + "\n"
 
