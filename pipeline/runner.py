@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .errors import PipelineError
+from .errors import PipelineError, SinkError
 from .executors import InProcess, LocalProcesses
 from .memory import keep_freed_memory
 from .plan import Plan, Stages, make_plan
@@ -101,7 +101,11 @@ def finish_gathering(plan, items, staging):
     records = []
     for sink in plan.stages.sinks:
         if sink.gathers:
-            described = sink.finish([(result.item, result.gathered.get(sink.label)) for result in items], staging)
+            try:
+                described = sink.finish([(result.item, result.gathered.get(sink.label)) for result in items], staging)
+            except OSError as error:  # a full disk, a file where a folder should be: one line, as for any sink
+                finals = ", ".join(path for label, path in plan.gathered if label == sink.label)
+                raise SinkError(f"{sink.label}: cannot write {finals}: {error.strerror or error}") from error
             records += [output_record(staging, label, path, {}, {str(staging.temporary(p)): facts
                                                                   for p, facts in described.items()})
                         for label, path in plan.gathered if label == sink.label]

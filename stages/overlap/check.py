@@ -49,16 +49,21 @@ def check_overlap(label, options, gathered, staging):
     staging.create(path).write_text(as_text(report), encoding="utf-8")
     files[str(path)] = dict(report["summary"])
     if options["corrections"] is not None:
-        graph = [{"a": p["a"], "b": p["b"], "verdict": p["verdict"], "matrix": p["icp"] and p["icp"]["matrix"],
+        graph = [{"a": p["a"], "b": p["b"], "verdict": p["verdict"],
+                  "matrix": p["icp"]["matrix"] if p["icp"] and p["icp"]["constrained"] else None,
                   "weight": p["distances"] and min(d["points"] for d in p["distances"].values())}
                  for p in measured]
         matrices, why = adjust.adjust(names, graph, options["fixed"])
+        unresolved = [f"{p['first']} and {p['second']}" for p in measured
+                      if p["verdict"] == pairs.DISAGREES and p["a"] in why and p["b"] in why]
+        for pair in unresolved:
+            log.warning("%s: %s disagree but both are held fixed: the corrections leave that as it is", label, pair)
         entries = [{"id": item.id, "name": item.name, "sub": item.fields.get("sub"), "held_fixed": why.get(number),
                     "matrix": in_world(matrix, origin).tolist(),
                     **adjust.described(matrix, clouds[number].local.mean(axis=0) if len(xyz) else np.zeros(3))}
                    for number, ((item, _), matrix, xyz) in enumerate(zip(gathered, matrices, kept))]
         target = Path(options["corrections"].format())
-        staging.create(target).write_text(as_text(corrections.document(entries)), encoding="utf-8")
+        staging.create(target).write_text(as_text(corrections.document(entries, unresolved)), encoding="utf-8")
         files[str(target)] = {"moved": sum(1 for e in entries if e["held_fixed"] is None)}
     if options["plot"] is not None:
         from .plot import plot_overlap

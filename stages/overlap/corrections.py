@@ -18,8 +18,9 @@ ABOUT = ("Corrections from sink.overlap: per item, the 4x4 (rows; translation in
 ORTHONORMAL = 1e-6
 
 
-def document(entries):
-    return {"about": ABOUT, "items": entries}
+def document(entries, unresolved=()):
+    """The file's content; `unresolved` names the pairs that disagree between two items held fixed."""
+    return {"about": ABOUT, "items": entries, "unresolved": list(unresolved)}
 
 
 def read(path, option="corrections"):
@@ -40,6 +41,8 @@ def read(path, option="corrections"):
         if not isinstance(entry, dict) or "sub" not in entry or "matrix" not in entry:
             raise OptionError(f"{where}: expected a sub and a matrix", option)
         if entry["sub"] is not None:
+            if str(entry["sub"]) in found:
+                raise OptionError(f"{where}: sub {entry['sub']} has a correction already: one entry a sub", option)
             found[str(entry["sub"])] = checked_matrix(entry["matrix"], f"{where} (sub {entry['sub']})", option)
     return found
 

@@ -310,3 +310,56 @@ def test_the_sample_config_shows_the_disagreement_offline_and_its_data_and_pictu
     assert sorted(p.name for p in committed.iterdir()) == sorted(p.name for p in (tmp_path / "made").iterdir())
     for path in committed.iterdir():
         assert path.read_bytes() == (tmp_path / "made" / path.name).read_bytes(), path.name
+
+
+def floor(rng, x0, count=20000):
+    """A 4 m x 4 m patch of floor with 2 mm of noise: all ICP can fix on it is height and tilt."""
+    return np.column_stack([x0 + rng.uniform(0, 4, count), 4_000_000 + rng.uniform(0, 4, count),
+                            50 + rng.normal(0, 0.002, count)])
+
+
+def test_a_pair_that_overlaps_on_a_floor_only_is_judged_by_its_distances_and_corrects_nothing(tmp_path, registry):
+    rng = np.random.default_rng(8)
+    make_las(tmp_path / "a.las", floor(rng, 500_000))
+    make_las(tmp_path / "b.las", floor(rng, 500_002))  # the same floor, half of it, sampled again
+    make_las(tmp_path / "c.las", floor(rng, 500_003.95, count=60))  # 1 cm of it in b's: under MIN_POINTS
+    body = FILES.replace("        plot: out/overlap.png\n", "        corrections: out/corrections.json\n")
+    runner = Runner(config.load(write_config(tmp_path, body), registry), registry)
+    runner.run(runner.plan())
+    pairs = by_names(json.loads((tmp_path / "out/overlap.json").read_text()))
+    assert pairs[("a", "b")]["verdict"] == "agrees"
+    assert pairs[("a", "b")]["icp"]["constrained"] is False and pairs[("a", "b")]["icp"]["conditioning"] < 0.001
+    assert pairs[("b", "c")]["verdict"] == "too little overlap" and pairs[("b", "c")]["overlap"]["second"] > 0
+    entries = json.loads((tmp_path / "out/corrections.json").read_text())
+    assert [e["matrix"] for e in entries["items"]] == [np.eye(4).tolist()] * 3 and entries["unresolved"] == []
+
+
+def test_a_disagreement_between_two_items_held_fixed_is_said_and_listed(tmp_path, registry, capture, caplog):
+    data, _ = capture
+    with caplog.at_level("WARNING"):
+        run(tmp_path, registry, data, extra="        fixed: [scan_03]\n")
+    unresolved = json.loads((tmp_path / "out/corrections.json").read_text())["unresolved"]
+    assert unresolved == ["scan_01 and scan_03", "scan_02 and scan_03", "scan_03 and scan_04"]
+    assert ("stages[2] (sink.overlap, tag overlap): scan_01 and scan_03 disagree but both are held fixed: the "
+            "corrections leave that as it is") in caplog.messages
+
+
+def test_a_file_it_cannot_write_is_one_line_and_leaves_no_output(tmp_path, capture):
+    data, _ = capture
+    (tmp_path / "blocked").write_text("a file where a folder should be")
+    path = write_config(tmp_path, CONFIG.format(data=data).replace("plot: out/overlap.png", "plot: blocked/o.png"))
+    done = cli("run", path, "-q")
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        f"error: stages[2] (sink.overlap, tag overlap): cannot write {tmp_path}/out/overlap.json, "
+        f"{tmp_path}/blocked/o.png, {tmp_path}/out/corrections.json: {tmp_path}/blocked is a file, not a folder")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_sub_listed_twice_in_corrections_is_refused(tmp_path):
+    twice = tmp_path / "twice.json"
+    twice.write_text(json.dumps({"items": [{"sub": "7101", "matrix": np.eye(4).tolist()},
+                                           {"sub": 7101, "matrix": np.eye(4).tolist()}]}))
+    with pytest.raises(PipelineError) as raised:
+        corrections_file.read(twice)
+    assert str(raised.value) == f"{twice}: items[1]: sub 7101 has a correction already: one entry a sub"

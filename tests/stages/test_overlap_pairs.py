@@ -51,7 +51,7 @@ def spied(monkeypatch):
 
 def test_distances_are_searched_near_the_other_box_only_and_are_those_of_the_nearest_point(scans):
     first, second = scans
-    across, nearest = pairs.surface_distances(second.local, first, 1.1)
+    across, nearest, _ = pairs.surface_distances(second.local, first, 1.1)
     tree = o3d.geometry.KDTreeFlann(first.cloud())
     closest = np.array([tree.search_knn_vector_3d(point, 1)[1][0] for point in second.local])
     truth = np.linalg.norm(second.local - first.local[closest], axis=1)
@@ -68,7 +68,7 @@ def test_distances_are_searched_near_the_other_box_only_and_are_those_of_the_nea
 
 def test_icp_leaves_out_the_points_far_from_the_overlap_with_the_result_of_every_point(scans, monkeypatch):
     first, second = scans
-    _, nearest = pairs.surface_distances(second.local, first, DISTANCE + pairs.ICP_MARGIN)
+    _, nearest, _ = pairs.surface_distances(second.local, first, DISTANCE + pairs.ICP_MARGIN)
     calls = spied(monkeypatch)
     matrix, fitness, rmse = pairs.icp(second, first, DISTANCE, nearest)
     expected, expected_fitness, expected_rmse = whole_cloud_icp(second, first)
@@ -83,7 +83,7 @@ def test_icp_leaves_out_the_points_far_from_the_overlap_with_the_result_of_every
 def test_icp_matches_every_point_again_when_it_moves_one_left_out_by_half_the_margin(scans, monkeypatch):
     first, second = scans
     monkeypatch.setattr(pairs, "ICP_MARGIN", 0.06)  # ICP moves the second scan by about 5 cm: more than 3
-    _, nearest = pairs.surface_distances(second.local, first, DISTANCE + pairs.ICP_MARGIN)
+    _, nearest, _ = pairs.surface_distances(second.local, first, DISTANCE + pairs.ICP_MARGIN)
     calls = spied(monkeypatch)
     matrix, fitness, _ = pairs.icp(second, first, DISTANCE, nearest)
     expected, expected_fitness, _ = whole_cloud_icp(second, first)
