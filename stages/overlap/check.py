@@ -19,7 +19,7 @@ def check_overlap(label, options, gathered, staging):
     names = [item.name for item, _ in gathered]
     kept = [np.empty((0, 3)) if g is None else g["xyz"] for _, g in gathered]
     origin = site_origin(kept)
-    clouds = [pairs.Cloud(name, xyz - origin) for name, xyz in zip(names, kept)]
+    clouds = [pairs.Cloud(name, xyz - origin) for name, xyz in zip(distinct(names), kept)]
     measured = []
     for a in range(len(clouds)):
         for b in range(a + 1, len(clouds)):
@@ -93,6 +93,16 @@ def as_text(document):
     """
     text = json.dumps(document, indent=2)
     return NUMBERS.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def distinct(names):
+    """The names the report, the log and the picture give the items: their own, with the item's number in
+    brackets where another item has the same name.
+
+    >>> distinct(["scan", "other", "scan"])
+    ['scan [0]', 'other', 'scan [2]']
+    """
+    return [f"{name} [{number}]" if names.count(name) > 1 else name for number, name in enumerate(names)]
 
 
 def site_origin(clouds):
