@@ -76,6 +76,21 @@ def make_las(path, xyz, scale=0.001, offset=None, point_format=3, version="1.2",
     return path
 
 
+def vlr_keys(header):
+    """Every VLR as (user id, record id, payload); the extra-bytes VLR by its dimensions, since the
+    writer refreshes the min/max statistics it carries."""
+    keys = []
+    for vlr in header.vlrs:
+        if type(vlr).__name__ == "LasZipVlr":
+            continue
+        if type(vlr).__name__ == "ExtraBytesVlr":
+            payload = [(s.name, s.data_type, s.options & ~0b110) for s in vlr.extra_bytes_structs]
+        else:
+            payload = bytes(vlr.record_data_bytes())
+        keys.append((vlr.user_id, vlr.record_id, payload))
+    return sorted(keys, key=repr)
+
+
 def survey_las(path, xyz, rng, scale=0.001, classes=31, **fields):
     """Survey points as LAS 1.2 point format 3, with random GPS time, intensity, classification (0 to
     `classes` - 1), red and return number, and any other `fields`."""

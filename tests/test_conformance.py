@@ -9,7 +9,7 @@ import open3d
 import pytest
 
 from pipeline.errors import PipelineError
-from tests.conftest import CONFORMANCE, run, write_config
+from tests.conftest import CONFORMANCE, run, vlr_keys, write_config
 from tests.plyfile_plain import read_plain_ply
 
 TRUNCATED = "las/1.2-no-points.las"  # its header claims 1065 points, and it holds none
@@ -23,21 +23,6 @@ def convert(tmp_path, registry, source, outputs, extra=""):
     sinks = "".join(f"  - type: {kind}\n    path: out/{{name}}{suffix}\n" for kind, suffix in outputs)
     body = f"version: 1\nstages:\n  - type: source.files\n    paths: [{source}]\n{extra}{sinks}"
     return run(tmp_path, registry, body)
-
-
-def vlr_keys(header):
-    """Every VLR as (user id, record id, payload); the extra-bytes VLR by its dimensions, since the
-    writer refreshes the min/max statistics it carries."""
-    keys = []
-    for vlr in header.vlrs:
-        if type(vlr).__name__ == "LasZipVlr":
-            continue
-        if type(vlr).__name__ == "ExtraBytesVlr":
-            payload = [(s.name, s.data_type, s.options & ~0b110) for s in vlr.extra_bytes_structs]
-        else:
-            payload = bytes(vlr.record_data_bytes())
-        keys.append((vlr.user_id, vlr.record_id, payload))
-    return sorted(keys, key=repr)
 
 
 @pytest.mark.parametrize("name", LAS_FILES)

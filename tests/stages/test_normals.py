@@ -11,8 +11,7 @@ import pytest
 
 from pipeline.errors import ConfigError
 from stages import neighbourhoods
-from tests.conftest import make_las, survey_las, through
-from tests.stages.test_voxel import vlr_keys
+from tests.conftest import make_las, survey_las, through, vlr_keys
 
 COUNT = 6000
 X0, Y0 = 500_000, 4_000_000

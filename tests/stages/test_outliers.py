@@ -10,9 +10,8 @@ import pytest
 
 from pipeline.errors import ConfigError, StageError
 from stages import neighbourhoods
-from tests.conftest import make_las, survey_las, through
+from tests.conftest import make_las, survey_las, through, vlr_keys
 from tests.stages.test_normals import surfaces
-from tests.stages.test_voxel import vlr_keys
 
 COUNT = 5000
 X0, Y0 = 500_000, 4_000_000

@@ -11,7 +11,7 @@ import pytest
 from pipeline.errors import ConfigError, StageError
 from stages import neighbourhoods
 from stages.voxel import HashedCells, SeenCells, VoxelTransform
-from tests.conftest import make_las, survey_las, through
+from tests.conftest import make_las, survey_las, through, vlr_keys
 
 COUNT = 6000
 X0, Y0 = 500_000, 4_000_000
@@ -136,21 +136,6 @@ def test_conformance_files_keep_every_attribute_vlr_and_extra_dimension(tmp_path
         for axis in "XYZ":
             records[axis] = written.points.array[axis]
     assert written.points.array.tobytes() == records.tobytes()
-
-
-def vlr_keys(header):
-    """Every VLR as (user id, record id, payload); the extra-bytes VLR by its dimensions (the writer refreshes
-    the statistics it carries)."""
-    keys = []
-    for vlr in header.vlrs:
-        if type(vlr).__name__ == "LasZipVlr":
-            continue
-        if type(vlr).__name__ == "ExtraBytesVlr":
-            payload = [(s.name, s.data_type, s.options & ~0b110) for s in vlr.extra_bytes_structs]
-        else:
-            payload = bytes(vlr.record_data_bytes())
-        keys.append((vlr.user_id, vlr.record_id, payload))
-    return sorted(keys, key=repr)
 
 
 def test_ply_output_keeps_the_attributes_of_the_chosen_points(survey, registry):
