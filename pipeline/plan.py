@@ -88,7 +88,7 @@ def make_plan(stages: Stages, inputs=(), report=None) -> Plan:
     input_paths = {Path(p).resolve() for p in inputs}
     input_files = {identity for identity in map(file_identity, inputs) if identity}
 
-    def claim(sink_label, path, item):
+    def claim(sink_label, path, item, is_report=False):
         resolved = Path(path).resolve()
         if resolved.is_dir():
             raise PipelineError(f"{sink_label}: output {path} is a folder; choose a file name")
@@ -96,7 +96,7 @@ def make_plan(stages: Stages, inputs=(), report=None) -> Plan:
             raise PipelineError(f"{sink_label}: output {path} is an input file of this run; choose another path")
         if resolved in owners:
             other_sink, other_item = owners[resolved]
-            if sink_label.startswith("--report"):
+            if is_report:
                 raise PipelineError(f"--report {report}: {other_sink} writes that file; choose another path for "
                                     "the report")
             if item is None or other_item is None:  # a file written once at the end
@@ -121,7 +121,7 @@ def make_plan(stages: Stages, inputs=(), report=None) -> Plan:
         targets[item.index] = [claim(sink.label, path, item) for sink in stages.sinks if writes_per_item(sink)
                                for path in sink.targets(item)]
     if report is not None:
-        claim(f"--report {report}", report, None)
+        claim(f"--report {report}", report, None, is_report=True)
     decisions = tuple(dict(stage.prepare(items) or {}) for stage in [stages.source, *stages.transforms])
     for sink in stages.sinks:
         sink.prepare(items)  # a sink may refuse the run before any point is read; it decides nothing per item

@@ -26,8 +26,7 @@ def check_overlap(label, options, gathered, staging):
             pair = pairs.measure(clouds[a], clouds[b], options["distance"], options["min_overlap"],
                                  options["tolerance"])
             measured.append({"a": a, "b": b, **pair})
-    counts = {verdict: sum(p["verdict"] == verdict for p in measured)
-              for verdict in (pairs.AGREES, pairs.DISAGREES, pairs.TOO_LITTLE)}
+    counts = pairs.verdict_counts(measured)
     for pair in measured:
         if pair["verdict"] == pairs.DISAGREES:
             log.warning("%s: %s", label, disagreement(pair, options["tolerance"]))

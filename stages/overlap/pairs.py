@@ -144,6 +144,16 @@ def icp_rounds(points, fixed, distance):
     return matrix, len(result.correspondence_set), float(result.inlier_rmse)
 
 
+def worst_median(pair):
+    """The larger of a measured pair's two median distances."""
+    return max(pair["distances"]["first_to_second"]["median"], pair["distances"]["second_to_first"]["median"])
+
+
+def verdict_counts(pairs):
+    """{verdict: how many of these pairs have it}, for each verdict."""
+    return {verdict: sum(p["verdict"] == verdict for p in pairs) for verdict in (AGREES, DISAGREES, TOO_LITTLE)}
+
+
 def rotation_degrees(matrix):
     cosine = (np.trace(matrix[:3, :3]) - 1) / 2
     return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
@@ -175,7 +185,6 @@ def measure(first, second, distance, min_overlap, tolerance):
     # rounded as ICP's matrix is, for the same report on every run
     pair["icp"]["conditioning"] = round(conditioning(overlap, first.normals()[index_21[near_21]]), 9)
     pair["icp"]["constrained"] = pair["icp"]["conditioning"] >= CONSTRAINED
-    worst = max(pair["distances"]["first_to_second"]["median"], pair["distances"]["second_to_first"]["median"])
     moves = pair["icp"]["moves_rms"] if pair["icp"]["constrained"] else 0.0  # ICP's slide along a floor means nothing
-    pair["verdict"] = DISAGREES if worst > tolerance or moves > tolerance else AGREES
+    pair["verdict"] = DISAGREES if worst_median(pair) > tolerance or moves > tolerance else AGREES
     return pair

@@ -9,7 +9,7 @@ import math
 import numpy as np
 
 from ..preview import ITEM_COLOURS, PROBLEM, Panel, Sheet, compose, ramp, text_size, write_png
-from .pairs import DISAGREES, TOO_LITTLE
+from .pairs import AGREES, DISAGREES, TOO_LITTLE, verdict_counts, worst_median
 
 SIZE = 1200  # pixels of the plot's longer side
 MARGIN = 0.06  # of the site's longer side, around it
@@ -32,10 +32,6 @@ def hull(points):
         return chain[:-1]
 
     return half(points) + half(points[::-1])
-
-
-def worst_median(pair):
-    return max(pair["distances"]["first_to_second"]["median"], pair["distances"]["second_to_first"]["median"])
 
 
 def distance_colour(median, tolerance):
@@ -129,8 +125,8 @@ def plot_overlap(clouds, origin, pairs, tolerance, path, title):
     legend += [(f"median {v * millimetres:g} mm{label}", distance_colour(v * tolerance, tolerance))
                for v, label in ((0, ""), (1, " (tolerance)"), (2, " or more"))]
     legend += [("red edge: the pair disagrees", PROBLEM[:3])]
-    counts = {verdict: sum(p["verdict"] == verdict for p in pairs) for verdict in ("agrees", DISAGREES, TOO_LITTLE)}
-    subtitle = (f"{len(clouds)} items, {len(pairs)} pairs: {counts['agrees']} agree, {counts[DISAGREES]} disagree, "
+    counts = verdict_counts(pairs)
+    subtitle = (f"{len(clouds)} items, {len(pairs)} pairs: {counts[AGREES]} agree, {counts[DISAGREES]} disagree, "
                 f"{counts[TOO_LITTLE]} with too little overlap (not joined); lines: median distance")
     notes = [(f"{p['first']} and {p['second']} disagree: median {worst_median(p) * 1000:.1f} mm, ICP moves "
               f"{p['second']} by {np.linalg.norm(p['icp']['translation']) * 1000:.1f} mm and "
