@@ -34,6 +34,20 @@ def hull(points):
     return half(points) + half(points[::-1])
 
 
+def row_ends(cells):
+    """The first and last of each row's cells ((n, 2) int: column, row): the only ones whose corners can be on
+    the hull of them all, since every other cell of a row lies between those two.
+
+    >>> row_ends(np.array([[3, 0], [1, 0], [2, 0], [5, 1]])).tolist()
+    [[1, 0], [3, 0], [5, 1]]
+    """
+    order = np.lexsort((cells[:, 0], cells[:, 1]))
+    cells = cells[order]
+    starts = np.flatnonzero(np.r_[True, cells[1:, 1] != cells[:-1, 1]])
+    ends = np.r_[starts[1:], len(cells)] - 1
+    return np.unique(np.concatenate([cells[starts], cells[ends]]), axis=0)
+
+
 def distance_colour(median, tolerance):
     table = ramp(DISTANCE_COLOURS)
     return tuple(int(v) for v in table[min(255, round(255 * median / (2 * tolerance)))][:3])
@@ -85,7 +99,7 @@ def plot_overlap(clouds, origin, pairs, tolerance, path, title):
             middles.append(None)
             outlines.append([])
             continue
-        cells = np.unique(np.floor((cloud.local[:, :2] - lows) / resolution).astype(np.int64), axis=0)
+        cells = row_ends(np.floor((cloud.local[:, :2] - lows) / resolution).astype(np.int64))
         corners = np.concatenate([cells, cells + [1, 0], cells + [0, 1], cells + [1, 1]]) * resolution + lows
         outline = [pixel(p) for p in hull(corners.tolist())]
         outlines.append(outline)
